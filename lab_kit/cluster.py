@@ -1,0 +1,910 @@
+"""A cluster made of real kernel objects, and the Python API that mirrors the CLI.
+
+    c = Cluster.up("labs/clusters/default.yaml")   # nodes = Mininet hosts, named netns
+    c.apply("labs/manifests/web.yaml")             # pods = netns wired by the real CNI plugins
+    c.get_pods()                                   # like `kubectl get pods -o wide`
+    c.probe("web-…", "web-…", 8080)                # a real TCP connection between pods
+    c.down()                                       # everything gone, host untouched
+
+Every process (the CLI, a notebook, a restarted kernel) sees the same cluster through its state
+dir and named network namespaces; `Cluster.attach(name)` re-attaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab_kit import agnhost, cni, config, kernel, model, naming
+from lab_kit.errors import ConfigError, LabError, NotRunningError
+from lab_kit.kernel import Journal, Runner
+from lab_kit.state import Store, list_clusters, state_root
+
+POD_CAPACITY_PER_NODE = 253  # a /24 minus network, broadcast and the cni0 gateway (.1)
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --- views returned to callers -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    node: str
+    ip: str
+    netns: str
+    labels: dict[str, str]
+    ports: tuple[int, ...]
+    owner: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    role: str
+    ip: str
+    pod_cidr: str
+    netns: str
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    src: str
+    dst: str
+    ip: str
+    port: int
+    protocol: str
+    ok: bool
+    reply: str = ""
+    error: str = ""
+    ms: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        target = f"{self.dst} ({self.ip}:{self.port}/{self.protocol})"
+        if self.ok:
+            return f"OK   {self.src} -> {target}: {self.reply!r} in {self.ms:.1f} ms"
+        return f"FAIL {self.src} -> {target}: {self.error}"
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.ok else "#cf222e"
+        import html
+        return f'<pre style="color:{colour}">{html.escape(str(self))}</pre>'
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src, "dst": self.dst, "ip": self.ip, "port": self.port,
+                "protocol": self.protocol, "ok": self.ok, "reply": self.reply,
+                "error": self.error, "ms": round(self.ms, 3)}
+
+
+class Table(list):
+    """Rows with a kubectl-like text form and an HTML form for notebooks."""
+
+    def __init__(self, headers: list[str], rows: Iterable[list[Any]]) -> None:
+        super().__init__(rows)
+        self.headers = headers
+
+    def __str__(self) -> str:
+        cols = [self.headers] + [[str(c) for c in r] for r in self]
+        widths = [max(len(r[i]) for r in cols) for i in range(len(self.headers))]
+        return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         for r in cols)
+
+    def _repr_html_(self) -> str:
+        import html
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                       for r in self)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class Shell:
+    """A node, the external host or a pod: somewhere to run commands."""
+
+    def __init__(self, cluster: Cluster, name: str, netns: str, ip: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.netns = netns
+        self.ip = ip
+
+    def sh(self, command: str, check: bool = True, timeout: float = 60) -> str:
+        """Run a shell command inside this netns (as `ip netns exec NETNS bash -c …`).
+
+        Returns stdout (stderr appended if the command wrote any). Raises CommandError on a
+        non-zero exit when `check` is true.
+        """
+        done = self.cluster.runner.run(["ip", "netns", "exec", self.netns, "bash", "-c", command],
+                                       check=check, timeout=timeout, source="you")
+        return done.stdout + (done.stderr if done.stderr and not check else "")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} netns={self.netns} ip={self.ip}>"
+
+
+class Node(Shell):
+    pass
+
+
+class PodShell(Shell):
+    def __init__(self, cluster: Cluster, info: PodInfo) -> None:
+        super().__init__(cluster, info.key, info.netns, info.ip)
+        self.info = info
+        self.node = info.node
+
+
+# --- the cluster -----------------------------------------------------------------------------
+
+class Cluster:
+    def __init__(self, name: str, root: Path | None = None) -> None:
+        self.name = name
+        self.root = state_root(root)
+        self.store = Store(self.root, name)
+        self.runner = Runner(Journal(self.store.journal_file))
+        self._state: dict[str, Any] | None = None
+
+    # life cycle --------------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, cfg: str | Path | config.ClusterConfig | None = None, *, name: str | None = None,
+           root: str | Path | None = None, progress: Progress | None = None,
+           replace: bool = False) -> Cluster:
+        """Create a cluster from a kind-format config (file path, config object, or defaults)."""
+        if cfg is None:
+            conf = config.default_config(name or config.DEFAULT_NAME)
+        elif isinstance(cfg, config.ClusterConfig):
+            conf = cfg
+        else:
+            conf = config.load_config(cfg, name=name)
+        self = cls(conf.name, Path(root) if root else None)
+        say = progress or _quiet
+        if self.store.exists():
+            if not replace:
+                raise LabError(f"cluster `{conf.name}` already exists — use it with "
+                               f"Cluster.attach({conf.name!r}), or remove it first with "
+                               f"`lab-kit down --name {conf.name}`")
+            self.down(progress=say)
+        leftovers = [n for n in kernel.list_netns() if naming.owns_netns(conf.name, n)]
+        if leftovers:  # a crashed run: everything with our prefix is ours to remove
+            say(f"removing {len(leftovers)} leftover namespaces of `{conf.name}`")
+            sweep(conf.name, self.runner)
+        t0 = time.monotonic()
+        with self.store.lock():
+            state = {"version": 1, "status": "creating", "config": conf.to_dict(),
+                     "source": conf.source, "created": time.time(),
+                     "namespaces": {n: {"labels": {"kubernetes.io/metadata.name": n}}
+                                    for n in model.SYSTEM_NAMESPACES},
+                     "deployments": {}, "pods": {}, "agnhost": {}}
+            self.store.save(state)  # before any kernel change: `down` can always find us
+            self._state = state
+            try:
+                say(f"creating cluster `{conf.name}`: {len(conf.nodes)} nodes + external host")
+                _build_underlay(self.runner, conf)
+                say("underlay up (Mininet LinuxBridge s1); configuring nodes")
+                with ThreadPoolExecutor(max_workers=min(8, len(conf.nodes))) as ex:
+                    list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
+                state["status"] = "running"
+                self.store.save(state)
+            except BaseException:
+                say("bring-up failed; removing everything it made")
+                self._teardown()
+                raise
+        say(f"cluster `{conf.name}` ready in {time.monotonic() - t0:.2f} s")
+        return self
+
+    @classmethod
+    def attach(cls, name: str = config.DEFAULT_NAME, root: str | Path | None = None) -> Cluster:
+        """Re-attach to a running cluster (after a kernel restart, from another process)."""
+        self = cls(name, Path(root) if root else None)
+        if not self.store.exists():
+            running = list_clusters(self.root)
+            hint = f"running: {', '.join(running)}" if running else "no cluster is running"
+            raise NotRunningError(f"no cluster named `{name}` ({hint}) — create one with "
+                                  "`lab-kit up` or Cluster.up()")
+        return self
+
+    @classmethod
+    def list(cls, root: str | Path | None = None) -> list[str]:
+        return list_clusters(state_root(root))
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def down(self, progress: Progress | None = None) -> None:
+        """Remove every namespace, link, process, mount and file of this cluster."""
+        say = progress or _quiet
+        t0 = time.monotonic()
+        with self.store.lock():
+            self._teardown()
+        say(f"cluster `{self.name}` removed in {time.monotonic() - t0:.2f} s")
+
+    def _teardown(self) -> None:
+        sweep(self.name, self.runner)
+        import shutil
+        shutil.rmtree(self.store.dir, ignore_errors=True)
+        self._state = None
+
+    # state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            if not self.store.exists():
+                raise NotRunningError(f"cluster `{self.name}` is not running — "
+                                      "`lab-kit up` creates it")
+            self._state = self.store.load()
+        return self._state
+
+    def _reload(self) -> dict[str, Any]:
+        self._state = None
+        return self.state
+
+    @property
+    def config(self) -> config.ClusterConfig:
+        return config.parse_config(self.state["config"], source=self.state.get("source"))
+
+    # nodes -------------------------------------------------------------------------------
+
+    def _setup_node(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
+        ns = naming.node_netns(n.name)
+        lines = [f"route replace {o.pod_cidr} via {o.ip} dev eth0"
+                 for o in conf.nodes if o.name != n.name]  # host-gw: a route per remote node
+        self.runner.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                         "net.ipv4.conf.all.forwarding=1"], ns)
+        self.runner.batch(lines, ns)
+        data_dir = self.store.dir / "cni" / n.name
+        cni.write_conflist(data_dir / "10-cbr0.conflist", self._conflist(conf, n))
+        self._start_agnhost(n.name)
+
+    def _conflist(self, conf: config.ClusterConfig, n: config.NodeConfig) -> dict[str, Any]:
+        data_dir = self.store.dir / "cni" / n.name / "ipam"
+        return cni.render_bridge_conflist(n.pod_cidr, str(data_dir), plugin=conf.cni_plugin)
+
+    def _cni_paths(self) -> list[str]:
+        return cni.cni_path()
+
+    def _start_agnhost(self, node: str) -> None:
+        d = self.store.dir / "agnhost"
+        d.mkdir(parents=True, exist_ok=True)
+        ctl = d / f"{node}.sock"
+        log = open(d / f"{node}.log", "ab")
+        argv = [sys.executable, "-m", "lab_kit.agnhost", "--control", str(ctl)]
+        self.runner.note(["start", "agnhost", "on", node, *argv], naming.node_netns(node),
+                         source="lab_kit")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        p = subprocess.Popen(["nsenter", f"--net={kernel.netns_path(naming.node_netns(node))}",
+                              "--", *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True, env=env, close_fds=True)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                agnhost.request(str(ctl), {"op": "ping"}, timeout=1)
+                break
+            except OSError:
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(f"the test server on node `{node}` did not start; see "
+                                   f"{d / (node + '.log')}") from None
+                time.sleep(0.01)
+
+    def _sync_agnhost(self, node: str) -> None:
+        pods = []
+        for key, p in self.state["pods"].items():
+            if p["node"] != node:
+                continue
+            spec = model.pod_from_json(p["spec"])
+            tcp, udp = spec.serve_ports()
+            pods.append({"key": key, "netns": p["netns"], "hostname": spec.name, "tcp": tcp,
+                         "udp": udp})
+        ctl = str(self.store.dir / "agnhost" / f"{node}.sock")
+        try:
+            resp = agnhost.request(ctl, {"op": "sync", "pods": pods})
+        except OSError:
+            self._start_agnhost(node)  # it died (or was killed): start again and resync
+            resp = agnhost.request(ctl, {"op": "sync", "pods": pods})
+        if not resp.get("ok"):
+            errs = "; ".join(f"{k}: {v}" for k, v in resp.get("errors", {}).items())
+            raise LabError(f"the test server on node `{node}` could not serve: {errs}")
+
+    def nodes(self) -> list[NodeInfo]:
+        conf = self.config
+        return [NodeInfo(n.name, n.role, n.ip, n.pod_cidr, naming.node_netns(n.name))
+                for n in conf.nodes]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes():
+            if n.name == name:
+                return Node(self, n.name, n.netns, n.ip)
+        if name == "external":
+            return self.external
+        raise LabError(f"no node `{name}` in cluster `{self.name}`; nodes: "
+                       f"{', '.join(n.name for n in self.nodes())}")
+
+    @property
+    def external(self) -> Node:
+        return Node(self, "external", naming.external_netns(self.name), config.EXTERNAL_IP)
+
+    # pods --------------------------------------------------------------------------------
+
+    def get_pods(self, namespace: str | None = None) -> Table:
+        rows = []
+        for p in self._pod_infos():
+            if namespace is None or p.namespace == namespace:
+                rows.append(p)
+        t = Table(["NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE"],
+                  [[p.namespace, p.name, "1/1", "Running", p.ip, p.node] for p in rows])
+        t.pods = rows  # type: ignore[attr-defined]
+        return t
+
+    def get_nodes(self) -> Table:
+        return Table(["NAME", "STATUS", "ROLES", "INTERNAL-IP", "POD-CIDR", "NETNS"],
+                     [[n.name, "Ready", n.role, n.ip, n.pod_cidr, n.netns]
+                      for n in self.nodes()])
+
+    def _pod_infos(self) -> list[PodInfo]:
+        out = []
+        for _key, p in sorted(self.state["pods"].items()):
+            spec = model.pod_from_json(p["spec"])
+            tcp, udp = spec.serve_ports()
+            out.append(PodInfo(spec.namespace, spec.name, p["node"], p["ip"], p["netns"],
+                               spec.labels, tuple(tcp + udp), spec.owner))
+        return out
+
+    def pods(self, namespace: str | None = None) -> list[PodInfo]:
+        return [p for p in self._pod_infos() if namespace is None or p.namespace == namespace]
+
+    def pod(self, name: str, namespace: str | None = None) -> PodShell:
+        """A pod by name (`web-1`, `default/web-1`); a unique prefix also works."""
+        if "/" in name and namespace is None:
+            namespace, name = name.split("/", 1)
+        ns = namespace or "default"
+        infos = [p for p in self._pod_infos() if p.namespace == ns]
+        exact = [p for p in infos if p.name == name]
+        found = exact or [p for p in infos if p.name.startswith(name)]
+        if len(found) == 1:
+            return PodShell(self, found[0])
+        names = ", ".join(p.name for p in infos) or "none"
+        if not found:
+            raise LabError(f"no pod `{name}` in namespace `{ns}`; pods there: {names}")
+        raise LabError(f"`{name}` matches several pods in `{ns}`: {names}; give the full name")
+
+    def apply(self, source: str | Path | list[dict[str, Any]] | dict[str, Any],
+              progress: Progress | None = None) -> list[str]:
+        """`kubectl apply -f`: create or update objects; returns kubectl-style lines."""
+        objs = model.load_manifests(source)  # validates everything first
+        with self.store.lock():
+            state = self._reload()
+            plan = _plan_apply(state, self.config, objs)
+            self._execute(plan, progress or _quiet)
+        return plan.messages
+
+    def delete(self, source: str | Path | list[dict[str, Any]] | dict[str, Any] | None = None,
+               *, pod: str | None = None, namespace: str = "default",
+               progress: Progress | None = None) -> list[str]:
+        """`kubectl delete -f` (or one pod by name)."""
+        with self.store.lock():
+            state = self._reload()
+            if pod is not None:
+                key = pod if "/" in pod else f"{namespace}/{pod}"
+                if key not in state["pods"]:
+                    raise LabError(f"pod `{key}` not found")
+                plan = Plan(delete_pods=[key], messages=[f"pod/{key.split('/', 1)[1]} deleted"])
+            else:
+                if source is None:
+                    raise LabError("delete needs a manifest or a pod name")
+                objs = model.load_manifests(source)
+                plan = _plan_delete(state, objs)
+            self._execute(plan, progress or _quiet)
+        return plan.messages
+
+    def _execute(self, plan: Plan, say: Progress) -> None:
+        state = self.state
+        state["namespaces"].update(plan.namespaces)
+        for key in plan.delete_namespaces:
+            state["namespaces"].pop(key, None)
+        state["deployments"].update(plan.deployments)
+        for key in plan.delete_deployments:
+            state["deployments"].pop(key, None)
+        for key, labels in plan.relabel.items():
+            state["pods"][key]["spec"]["labels"] = labels
+        touched: set[str] = set()
+        # deletions first: they free IPs and ports
+        by_node: dict[str, list[str]] = {}
+        for key in plan.delete_pods:
+            by_node.setdefault(state["pods"][key]["node"], []).append(key)
+        if by_node:
+            say(f"deleting {len(plan.delete_pods)} pods")
+        gone = [key for keys in by_node.values() for key in keys]
+        removed = {key: state["pods"].pop(key) for key in gone}
+        for node in by_node:
+            self._sync_agnhost(node)  # close the pods' sockets before their netns goes
+        _parallel(by_node.items(), lambda item: self._remove_pods(item[0], [removed[k] for k in
+                                                                           item[1]]))
+        touched.update(by_node)
+        # creations, one thread per node
+        creates: dict[str, list[model.Pod]] = {}
+        for pod, node in plan.create_pods:
+            creates.setdefault(node, []).append(pod)
+        if creates:
+            say(f"creating {len(plan.create_pods)} pods on {len(creates)} nodes")
+        made: dict[str, dict[str, Any]] = {}
+        try:
+            results = _parallel(creates.items(), lambda item: self._create_pods(*item))
+            for r in results:
+                made.update(r)
+            state["pods"].update(made)
+            for node in creates:
+                self._sync_agnhost(node)
+        except BaseException:
+            # roll back this apply's pods so nothing is half-built
+            for key in made:
+                state["pods"].pop(key, None)
+            _parallel(creates.keys(), lambda node: self._remove_pods(
+                node, [p for p in made.values() if p["node"] == node], best_effort=True))
+            for node in creates:
+                with contextlib.suppress(LabError, OSError):
+                    self._sync_agnhost(node)
+            raise
+        finally:
+            self.store.save(state)
+        touched.update(creates)
+
+    def _create_pods(self, node: str, pods: list[model.Pod]) -> dict[str, dict[str, Any]]:
+        conf = self.config
+        nconf = conf.node(node)
+        node_ns = naming.node_netns(node)
+        paths = self._cni_paths()
+        conflist = self._conflist(conf, nconf)
+        out: dict[str, dict[str, Any]] = {}
+        nets = [naming.pod_netns(self.name, p.namespace, p.name) for p in pods]
+        self.runner.batch([f"netns add {n}" for n in nets], None)
+        try:
+            for pod, net in zip(pods, nets, strict=True):
+                uid = str(uuid.uuid4())
+                cid = naming.container_id(pod.namespace, pod.name, uid)
+                att = cni.Attachment(container_id=cid, netns=net)
+                cni.add(self.runner, node_ns, cni.LOOPBACK_CONF, cni.Attachment(cid, net, "lo"),
+                        paths)
+                result = cni.add(self.runner, node_ns, conflist, att, paths)
+                out[pod.key] = {"spec": model.pod_to_json(pod), "node": node,
+                                "ip": cni.result_ipv4(result), "netns": net, "uid": uid,
+                                "containerID": cid, "cniResult": result,
+                                "created": time.time()}
+        except BaseException:
+            self._remove_pods(node, list(out.values()), best_effort=True)
+            leftover = [n for n in nets if n not in {p["netns"] for p in out.values()}]
+            self.runner.batch([f"netns del {n}" for n in leftover if kernel.netns_exists(n)],
+                              None, check=False)
+            raise
+        return out
+
+    def _remove_pods(self, node: str, pods: list[dict[str, Any]], best_effort: bool = False
+                     ) -> None:
+        conf = self.config
+        conflist = self._conflist(conf, conf.node(node))
+        node_ns = naming.node_netns(node)
+        for p in pods:
+            att = cni.Attachment(p["containerID"], p["netns"])
+            try:
+                cni.delete(self.runner, node_ns, conflist, att, self._cni_paths(),
+                           prev_result=p.get("cniResult"))
+            except LabError:
+                if not best_effort:
+                    raise
+        kill_netns_processes([p["netns"] for p in pods])
+        self.runner.batch([f"netns del {p['netns']}" for p in pods
+                           if kernel.netns_exists(p["netns"])], None, check=not best_effort)
+
+    # traffic -----------------------------------------------------------------------------
+
+    def _endpoint(self, ref: str) -> tuple[str, str, str]:
+        """(label, netns, ip) for a pod, node or `external`."""
+        if ref == "external":
+            e = self.external
+            return "external", e.netns, e.ip
+        for n in self.nodes():
+            if n.name == ref:
+                return n.name, n.netns, n.ip
+        try:
+            p = self.pod(ref)
+        except LabError:
+            raise LabError(f"`{ref}` is not a pod, a node or `external` in cluster "
+                           f"`{self.name}`") from None
+        return p.info.key, p.netns, p.ip
+
+    def probe(self, src: str, dst: str, port: int | None = None, protocol: str = "TCP",
+              path: str = "/hostname", timeout: float = 1.0) -> ProbeResult:
+        """Open a real connection from `src` to `dst` (pod, node, `external`, or an IP).
+
+        TCP: an HTTP GET of `path`; UDP: the agnhost `hostname` command.
+        """
+        src_label, src_ns, _ = self._endpoint(src)
+        try:
+            import ipaddress
+            ipaddress.ip_address(dst)
+            dst_label, ip = dst, dst
+        except ValueError:
+            dst_label, _, ip = self._endpoint(dst)
+        protocol = protocol.upper()
+        if port is None:
+            port = self._default_port(dst, protocol)
+        return probe_socket(src_label, src_ns, dst_label, ip, port, protocol, path, timeout)
+
+    def _default_port(self, dst: str, protocol: str) -> int:
+        try:
+            spec = model.pod_from_json(self.state["pods"][self.pod(dst).info.key]["spec"])
+        except LabError:
+            return 80
+        tcp, udp = spec.serve_ports()
+        ports = udp if protocol == "UDP" else tcp
+        if not ports:
+            raise LabError(f"pod `{dst}` serves no {protocol} port; give one explicitly")
+        return ports[0]
+
+    # views -------------------------------------------------------------------------------
+
+    def journal(self, netns: str | None = None, last: int | None = None) -> JournalView:
+        entries = self.runner.journal.entries()
+        if netns:
+            entries = [e for e in entries if e.netns == netns]
+        if last:
+            entries = entries[-last:]
+        return JournalView(entries)
+
+    def diagram(self, show_routes: bool = True):  # -> graphviz.Digraph
+        from lab_kit import observe, viz
+        return viz.cluster_diagram(observe.snapshot(self), show_routes=show_routes)
+
+    def status(self) -> dict[str, Any]:
+        st = self.state
+        nets = [n for n in kernel.list_netns() if naming.owns_netns(self.name, n)]
+        return {"name": self.name, "status": st["status"], "nodes": len(self.nodes()),
+                "pods": len(st["pods"]), "netns": len(nets), "stateDir": str(self.store.dir),
+                "cni": st["config"]["networking"]["cni"]}
+
+    def netns_name(self, pod: str, namespace: str = "default") -> str:
+        """The netns name a pod called `pod` gets (for building one by hand in the labs)."""
+        return naming.pod_netns(self.name, namespace, pod)
+
+
+class JournalView(list):
+    def __str__(self) -> str:
+        return "\n".join(e.command() for e in self)
+
+    def _repr_html_(self) -> str:
+        import html
+        rows = "".join(
+            f"<tr><td>{html.escape(e.source)}</td><td>{html.escape(e.netns or '(root)')}</td>"
+            f"<td><code>{html.escape(e.command())}</code></td><td>{e.rc}</td></tr>" for e in self)
+        return ("<table><tr><th>by</th><th>netns</th><th>command</th><th>rc</th></tr>"
+                f"{rows}</table>")
+
+
+# --- planning (pure: state + objects -> what to change) ---------------------------------------
+
+@dataclass
+class Plan:
+    namespaces: dict[str, Any] = field(default_factory=dict)
+    delete_namespaces: list[str] = field(default_factory=list)
+    deployments: dict[str, Any] = field(default_factory=dict)
+    delete_deployments: list[str] = field(default_factory=list)
+    create_pods: list[tuple[model.Pod, str]] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    relabel: dict[str, dict[str, str]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+def _schedulable(conf: config.ClusterConfig, pod: model.Pod) -> list[str]:
+    workers = [n.name for n in conf.nodes if n.role == "worker"]
+    # kind taints control-plane nodes NoSchedule unless the cluster has no workers
+    return workers or [n.name for n in conf.nodes]
+
+
+def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
+                objs: list[tuple[model.Object, model.Source]]) -> Plan:
+    plan = Plan()
+    namespaces = set(state["namespaces"])
+    for o, _ in objs:
+        if isinstance(o, model.Namespace):
+            old = state["namespaces"].get(o.name)
+            plan.namespaces[o.name] = {"labels": o.labels}
+            namespaces.add(o.name)
+            verb = "created" if old is None else (
+                "unchanged" if old.get("labels") == o.labels else "configured")
+            plan.messages.append(f"namespace/{o.name} {verb}")
+    load = {n.name: 0 for n in conf.nodes}
+    for p in state["pods"].values():
+        load[p["node"]] = load.get(p["node"], 0) + 1
+    pending: set[str] = set()  # pod keys this apply creates
+
+    def place(pod: model.Pod, src: model.Source, obj: str, fld: str) -> None:
+        if pod.node_name is not None:
+            if pod.node_name not in load:
+                raise ConfigError(f"node {pod.node_name!r} does not exist; nodes: "
+                                  f"{', '.join(load)}", file=src.file, obj=obj, field=fld)
+            node = pod.node_name
+        else:
+            cands = _schedulable(conf, pod)
+            node = min(cands, key=lambda n: (load[n], cands.index(n)))
+        if load[node] >= POD_CAPACITY_PER_NODE:
+            raise ConfigError(f"node {node!r} has no free pod IP: its pod CIDR "
+                              f"{conf.node(node).pod_cidr} is exhausted "
+                              f"({POD_CAPACITY_PER_NODE} pods)", file=src.file, obj=obj,
+                              field=fld if pod.node_name else None,
+                              fix="delete pods or add nodes to the cluster config")
+        load[node] += 1
+        plan.create_pods.append((pod, node))
+        pending.add(pod.key)
+
+    for o, src in objs:
+        if isinstance(o, model.Namespace):
+            continue
+        obj = f"{type(o).__name__}/{o.namespace}/{o.name}"
+        if o.namespace not in namespaces:
+            raise ConfigError(f'namespace "{o.namespace}" not found', file=src.file, obj=obj,
+                              field="metadata.namespace",
+                              fix="create it first (kind: Namespace), e.g. in the same file")
+        if isinstance(o, model.Pod):
+            old = state["pods"].get(o.key)
+            if old is None:
+                if o.key in pending:
+                    raise ConfigError(f"pod {o.key!r} is already created by a Deployment in "
+                                      "this input", file=src.file, obj=obj,
+                                      field="metadata.name")
+                place(o, src, obj, "spec.nodeName")
+                plan.messages.append(f"pod/{o.name} created")
+                continue
+            old_pod = model.pod_from_json(old["spec"])
+            if old_pod.owner and old_pod.owner != o.owner:
+                raise ConfigError(f"pod {o.key!r} already exists, owned by {old_pod.owner}",
+                                  file=src.file, obj=obj, field="metadata.name",
+                                  fix="pick another name")
+            if old_pod.spec_dict() != o.spec_dict():
+                raise ConfigError("pod updates may not change fields other than labels "
+                                  "(spec is immutable)", file=src.file, obj=obj, field="spec",
+                                  fix="delete the pod and apply it again")
+            if old_pod.labels != o.labels:
+                plan.relabel[o.key] = o.labels
+                plan.messages.append(f"pod/{o.name} configured")
+            else:
+                plan.messages.append(f"pod/{o.name} unchanged")
+        elif isinstance(o, model.Deployment):
+            old = state["deployments"].get(o.key)
+            plan.deployments[o.key] = model.deployment_to_json(o)
+            want = {o.pod(i).key: o.pod(i) for i in range(o.replicas)}
+            have = {k for k, p in state["pods"].items()
+                    if p["spec"].get("owner") == f"Deployment/{o.name}"
+                    and p["spec"]["namespace"] == o.namespace}
+            for key in sorted(have - set(want)):
+                plan.delete_pods.append(key)
+                load[state["pods"][key]["node"]] -= 1
+            for key, pod in want.items():
+                if key in have:
+                    continue
+                other = state["pods"].get(key)
+                if other is not None or key in pending:
+                    raise ConfigError(f"pod name {key!r} is already taken", file=src.file,
+                                      obj=obj, field="metadata.name")
+                place(pod, src, obj, "spec.template.spec.nodeName")
+            verb = "created" if old is None else (
+                "unchanged" if old == plan.deployments[o.key] else "configured")
+            plan.messages.append(f"deployment.apps/{o.name} {verb}")
+    return plan
+
+
+def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Source]]) -> Plan:
+    plan = Plan()
+    for o, _src in objs:
+        if isinstance(o, model.Pod):
+            if o.key in state["pods"]:
+                plan.delete_pods.append(o.key)
+                plan.messages.append(f'pod "{o.name}" deleted')
+            else:
+                plan.messages.append(f'pod "{o.name}" not found')
+        elif isinstance(o, model.Deployment):
+            if o.key in state["deployments"]:
+                plan.delete_deployments.append(o.key)
+                plan.delete_pods += [k for k, p in state["pods"].items()
+                                     if p["spec"].get("owner") == f"Deployment/{o.name}"
+                                     and p["spec"]["namespace"] == o.namespace]
+                plan.messages.append(f'deployment.apps "{o.name}" deleted')
+            else:
+                plan.messages.append(f'deployment.apps "{o.name}" not found')
+        elif isinstance(o, model.Namespace):
+            if o.name in model.SYSTEM_NAMESPACES:
+                raise ConfigError(f"namespace {o.name!r} cannot be deleted", obj=f"Namespace/"
+                                  f"{o.name}")
+            if o.name in state["namespaces"]:
+                plan.delete_namespaces.append(o.name)
+                plan.delete_deployments += [k for k in state["deployments"]
+                                            if k.startswith(o.name + "/")]
+                plan.delete_pods += [k for k in state["pods"] if k.startswith(o.name + "/")]
+                plan.messages.append(f'namespace "{o.name}" deleted')
+    plan.delete_pods = sorted(set(plan.delete_pods))
+    return plan
+
+
+def _parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as ex:
+        return list(ex.map(fn, items))
+
+
+# --- the underlay (Mininet) ------------------------------------------------------------------
+
+def _build_underlay(runner: Runner, conf: config.ClusterConfig) -> None:
+    """Nodes and the external host as Mininet hosts on a Mininet LinuxBridge `s1`.
+
+    The switch runs in its own netns (`inNamespace=True`), so the lab adds nothing to the host's
+    root namespace. Each Mininet host's netns is then given a name (`ip netns attach`), which
+    keeps it alive after this process and Mininet's shells exit.
+    """
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+    from mininet.nodelib import LinuxBridge
+
+    setLogLevel("error")  # Mininet warns about br_netfilter; the underlay bridge is in its own ns
+    net = Mininet(controller=None, build=False, autoSetMacs=False, ipBase=config.UNDERLAY_SUBNET,
+                  waitConnected=False)
+    hosts = []
+    try:
+        sw = net.addSwitch("s1", cls=LinuxBridge, inNamespace=True, dpid="1")
+        runner.note(["mininet", "addSwitch", "s1", "cls=LinuxBridge", "inNamespace=True"])
+        members = [(n.name, n.ip, naming.node_netns(n.name)) for n in conf.nodes]
+        members.append(("external", config.EXTERNAL_IP, naming.external_netns(conf.name)))
+        for i, (name, ip, _ns) in enumerate(members):
+            h = net.addHost(name if name != "external" else f"{conf.name}-external",
+                            ip=f"{ip}/16")
+            net.addLink(h, sw, intfName1="eth0", intfName2=f"s1-eth{i + 1}")
+            runner.note(["mininet", "addHost", h.name, f"ip={ip}/16"])
+            runner.note(["mininet", "addLink", f"{h.name}:eth0", f"s1:s1-eth{i + 1}"])
+            hosts.append(h)
+        net.build()
+        net.start()
+        runner.note(["mininet", "start"])
+        for h, (_name, _ip, ns) in zip(hosts, members, strict=True):
+            runner.run(["ip", "netns", "attach", ns, str(h.pid)])
+        runner.run(["ip", "netns", "attach", naming.underlay_netns(conf.name), str(sw.pid)])
+        # wait for every underlay port to be up (the bridge forwards at once without STP)
+        uns = naming.underlay_netns(conf.name)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            out = runner.run(["ip", "-br", "link", "show", "master", "s1"], uns,
+                             record=False).stdout
+            if out.count(" UP ") >= len(members):
+                break
+            time.sleep(0.01)
+    finally:
+        # Mininet's shells are no longer needed: the named netns keep the namespaces alive
+        for node in [*net.hosts, *net.switches]:
+            if node.shell is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(node.shell.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    node.shell.wait(timeout=2)
+                node.shell = None
+
+
+# --- probing ---------------------------------------------------------------------------------
+
+def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, port: int,
+                 protocol: str, path: str, timeout: float) -> ProbeResult:
+    t0 = time.perf_counter()
+    base = {"src": src_label, "dst": dst_label, "ip": ip, "port": port, "protocol": protocol}
+    try:
+        if protocol == "UDP":
+            s = kernel.socket_in(src_ns, socket.AF_INET, socket.SOCK_DGRAM)
+            with s:
+                s.settimeout(timeout)
+                s.connect((ip, port))
+                s.send(b"hostname")
+                reply = s.recv(65535).decode(errors="replace")
+        elif protocol == "TCP":
+            s = kernel.socket_in(src_ns, socket.AF_INET, socket.SOCK_STREAM)
+            with s:
+                s.settimeout(timeout)
+                s.connect((ip, port))
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1:2]
+            reply = body.decode(errors="replace")
+            if not status or not status[0].startswith(b"2"):
+                return ProbeResult(**base, ok=False, error=f"HTTP {head[:40]!r}",
+                                   ms=(time.perf_counter() - t0) * 1000)
+        else:
+            raise LabError(f"protocol {protocol!r}: use TCP or UDP")
+    except TimeoutError:
+        return ProbeResult(**base, ok=False, error=f"timed out after {timeout:g} s",
+                           ms=(time.perf_counter() - t0) * 1000)
+    except OSError as e:
+        return ProbeResult(**base, ok=False, error=e.strerror or str(e),
+                           ms=(time.perf_counter() - t0) * 1000)
+    return ProbeResult(**base, ok=True, reply=reply, ms=(time.perf_counter() - t0) * 1000)
+
+
+# --- teardown --------------------------------------------------------------------------------
+
+def kill_netns_processes(netns: list[str]) -> None:
+    inodes = {i for i in (kernel.netns_inode(n) for n in netns) if i is not None}
+    if not inodes:
+        return
+    pids = kernel.pids_in_netns(inodes)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 1.0
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            if pids:
+                time.sleep(0.01)
+        if not pids:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def sweep(cluster: str, runner: Runner) -> None:
+    """Remove every kernel object of `cluster`, found by name, whatever the state file says.
+
+    Processes in the cluster's namespaces (test servers, daemons, a learner's `socat`) are
+    killed, the namespaces deleted (which deletes every link in them), and per-netns config
+    dirs under /etc/netns removed. Works after a crash or a SIGKILL of the creating process.
+    """
+    nets = [n for n in kernel.list_netns() if naming.owns_netns(cluster, n)]
+    kill_netns_processes(nets)
+    # pods first, then nodes, then the underlay: no veth peer is left dangling in between
+    order = sorted(nets, key=lambda n: (0 if "." in n else 1 if not n.endswith("-underlay")
+                                        else 2, n))
+    runner.batch([f"netns del {n}" for n in order], None, check=False, force=True)
+    for n in order:
+        if kernel.netns_exists(n):  # e.g. `ip -batch` stopped at a failing line
+            runner.run(["ip", "netns", "del", n], check=False)
+        etc = Path("/etc/netns") / n
+        if etc.is_dir():
+            import shutil
+            shutil.rmtree(etc, ignore_errors=True)
+
+
+def sweep_all(runner: Runner) -> list[str]:
+    """Remove every lab cluster on this machine (`lab-kit down --all`)."""
+    clusters = {c for c in (naming.cluster_of_netns(n) for n in kernel.list_netns()) if c}
+    for c in sorted(clusters):
+        sweep(c, runner)
+    return sorted(clusters)
