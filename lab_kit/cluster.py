@@ -792,15 +792,9 @@ def _build_underlay(runner: Runner, conf: config.ClusterConfig) -> None:
         for h, (_name, _ip, ns) in zip(hosts, members, strict=True):
             runner.run(["ip", "netns", "attach", ns, str(h.pid)])
         runner.run(["ip", "netns", "attach", naming.underlay_netns(conf.name), str(sw.pid)])
-        # wait for every underlay port to be up (the bridge forwards at once without STP)
-        uns = naming.underlay_netns(conf.name)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            out = runner.run(["ip", "-br", "link", "show", "master", "s1"], uns,
-                             record=False).stdout
-            if out.count(" UP ") >= len(members):
-                break
-            time.sleep(0.01)
+        # Mininet sometimes leaves a host's eth0 down for a while; bring every end up now
+        for _name, _ip, ns in members:
+            runner.run(["ip", "link", "set", "eth0", "up"], ns)
     finally:
         # Mininet's shells are no longer needed: the named netns keep the namespaces alive
         for node in [*net.hosts, *net.switches]:

@@ -1,0 +1,134 @@
+"""pytest fixtures for lab_kit (registered as a pytest11 plugin).
+
+- `host_snapshot`: the host's own links, addresses, routes, rules, iptables-save, nft ruleset and
+  mounts; `host_snapshot.assert_unchanged()` diffs against now.
+- `lab_cluster_factory`: makes clusters with unique names and removes them after the test.
+- Every test marked `root` gets an automatic leak check: no lab netns, no lab process and no
+  lab mount may survive the test, and the host must look exactly as before.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab_kit import kernel, naming
+
+
+def _out(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _strip_counters(text: str) -> str:
+    # iptables-save prints packet counters and a timestamp that change with any traffic
+    lines = []
+    for ln in text.splitlines():
+        if ln.startswith("#"):
+            continue
+        if ln.startswith(":"):
+            ln = ln.split(" [", 1)[0]
+        lines.append(ln)
+    return "\n".join(lines)
+
+
+class HostSnapshot:
+    """What the host's root namespace looks like; lab_kit must never change it."""
+
+    def __init__(self) -> None:
+        self.data = self.take()
+
+    @staticmethod
+    def take() -> dict[str, str]:
+        mounts = "\n".join(ln for ln in Path("/proc/self/mounts").read_text().splitlines()
+                           if "/run/netns/" in ln and "lk-" in ln)
+        return {
+            "links": _out(["ip", "-o", "link", "show"]),
+            "addresses": _out(["ip", "-o", "addr", "show"]),
+            "routes": _out(["ip", "route", "show", "table", "all"]),
+            "rules": _out(["ip", "rule", "show"]),
+            "iptables": _strip_counters(_out(["iptables-save"])),
+            "nft": _out(["nft", "list", "ruleset"]),
+            "lab_netns": "\n".join(n for n in kernel.list_netns() if n.startswith(naming.PREFIX)),
+            "lab_mounts": mounts,
+            "lab_processes": "\n".join(_lab_processes()),
+        }
+
+    def diff(self) -> dict[str, tuple[str, str]]:
+        now = self.take()
+        return {k: (self.data[k], now[k]) for k in self.data if self.data[k] != now[k]}
+
+    def assert_unchanged(self) -> None:
+        d = self.diff()
+        assert not d, "the host changed:\n" + "\n".join(
+            f"--- {k} before:\n{a}\n+++ {k} after:\n{b}" for k, (a, b) in d.items())
+
+
+def _lab_processes() -> list[str]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "lab_kit.agnhost" in cmd:
+            out.append(f"{d} {cmd.strip()}")
+    return out
+
+
+def unique_name(prefix: str = "t") -> str:
+    return (prefix + uuid.uuid4().hex)[:10]
+
+
+@pytest.fixture
+def host_snapshot() -> HostSnapshot:
+    return HostSnapshot()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "lab_state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def lab_cluster_factory(state_dir: Path) -> Iterator[Callable[..., Any]]:
+    from lab_kit.cluster import Cluster
+
+    made: list[Cluster] = []
+
+    def make(cfg: Any = None, **kw: Any) -> Cluster:
+        kw.setdefault("root", state_dir)
+        if cfg is None and "name" not in kw:
+            kw["name"] = unique_name()
+        c = Cluster.up(cfg, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        if c.store.exists() or any(naming.owns_netns(c.name, n) for n in kernel.list_netns()):
+            c.down()
+
+
+@pytest.fixture(autouse=True)
+def _lab_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("root") is None:
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("needs root (run `sudo make test`)")
+    before = HostSnapshot()
+    yield
+    before.assert_unchanged()
