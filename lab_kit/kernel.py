@@ -190,7 +190,7 @@ def in_netns(netns: str) -> Iterator[None]:
         target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise LabError(f"network namespace `{netns}` does not exist") from None
-    orig = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
         try:

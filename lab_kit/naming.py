@@ -4,10 +4,10 @@ Inside a node's netns the lab uses upstream names (`cni0`, `eth0`, `veth…`): t
 the lab's. Names that live in the host's global space (netns names under /run/netns) carry the
 `lk-` prefix plus the cluster name, so `down` can find them even after a crash:
 
-- node       `lk-<node>`                  e.g. `lk-lab-worker`   (node names start with the cluster's)
+- node       `lk-<node>`            e.g. `lk-lab-worker` (node names start with the cluster name)
 - external   `lk-<cluster>-external`
 - underlay   `lk-<cluster>-underlay`      (holds the Mininet LinuxBridge `s1`)
-- pod        `lk-<cluster>.<namespace>.<pod>`   namespaces never contain dots, so this splits cleanly
+- pod        `lk-<cluster>.<namespace>.<pod>`  (namespaces have no dots: it splits cleanly)
 """
 
 from __future__ import annotations
