@@ -63,11 +63,11 @@ class JournalEntry:
             return cmd
         if env:
             cmd = f"{env} {cmd}"
-        if self.stdin is not None and not self.argv[0].startswith("ip"):
-            cmd += " < (input shown in the journal)"
         if self.netns:
-            return f"ip netns exec {self.netns} {cmd}" if not env else \
+            cmd = f"ip netns exec {self.netns} {cmd}" if not env else \
                 f"nsenter --net={netns_path(self.netns)} env {cmd}"
+        if self.stdin is not None:  # a heredoc keeps it re-typeable
+            cmd += f" <<'EOF'\n{self.stdin.rstrip()}\nEOF"
         return cmd
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,274 @@
+"""`lab-kit`: a thin command line over :mod:`lab_kit.cluster`, with kubectl/kind verbs.
+
+    lab-kit up -f labs/clusters/default.yaml
+    lab-kit apply -f labs/manifests/web.yaml
+    lab-kit get pods -o wide
+    lab-kit exec web-… -- ip route
+    lab-kit probe web-a web-b:8080
+    lab-kit down
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from lab_kit.errors import LabError
+
+
+def _cluster_name(args: argparse.Namespace) -> str:
+    if getattr(args, "name", None):
+        return args.name
+    env = os.environ.get("LAB_KIT_CLUSTER")
+    if env:
+        return env
+    from lab_kit.cluster import Cluster
+    running = Cluster.list()
+    if len(running) == 1:
+        return running[0]
+    if len(running) > 1:
+        raise LabError(f"several clusters are running ({', '.join(running)}): pick one with "
+                       "--name or LAB_KIT_CLUSTER")
+    from lab_kit.config import DEFAULT_NAME
+    return DEFAULT_NAME
+
+
+def _attach(args: argparse.Namespace):
+    from lab_kit.cluster import Cluster
+    return Cluster.attach(_cluster_name(args))
+
+
+def _say(msg: str) -> None:
+    print(f"• {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from lab_kit import doctor
+    items = doctor.run_checks()
+    print(doctor.main_text(items))
+    return 0 if all(i.ok for i in items) else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from lab_kit.cluster import Cluster
+    c = Cluster.up(args.file, name=args.name, replace=args.replace, progress=_say)
+    print(c.get_nodes())
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from lab_kit.cluster import Cluster, sweep_all
+    from lab_kit.kernel import Runner
+    if args.all:
+        import shutil
+
+        from lab_kit.state import state_root
+        gone = sweep_all(Runner())
+        for name in Cluster.list():
+            shutil.rmtree(state_root() / name, ignore_errors=True)
+            gone = sorted(set(gone) | {name})
+        print(f"removed: {', '.join(gone) or 'nothing (no lab cluster was running)'}")
+        return 0
+    name = _cluster_name(args)
+    Cluster(name).down(progress=_say)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    for f in args.file:
+        for line in c.apply(f, progress=_say):
+            print(line)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    if args.file:
+        for f in args.file:
+            for line in c.delete(f, progress=_say):
+                print(line)
+    elif args.kind in ("pod", "pods", "po") and args.names:
+        for n in args.names:
+            for line in c.delete(pod=n, namespace=args.namespace or "default"):
+                print(line)
+    else:
+        raise LabError("say what to delete: `delete -f FILE` or `delete pod NAME`")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    out: list[Any] = []
+    for kind in args.kind.split(","):
+        if kind in ("pods", "pod", "po"):
+            ns = None if args.all_namespaces else (args.namespace or "default")
+            table = c.get_pods(ns)
+            if args.output == "json":
+                out += [p.__dict__ for p in table.pods]
+            else:
+                print(table)
+        elif kind in ("nodes", "node", "no"):
+            if args.output == "json":
+                out += [n.__dict__ for n in c.nodes()]
+            else:
+                print(c.get_nodes())
+        else:
+            raise LabError(f"cannot get {kind!r} yet: try pods or nodes")
+    if args.output == "json":
+        print(json.dumps(out, indent=2, default=list))
+    return 0
+
+
+def _target_netns(c, target: str) -> str:
+    if target == "external":
+        return c.external.netns
+    for n in c.nodes():
+        if n.name == target:
+            return n.netns
+    return c.pod(target).netns
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    cmd = args.command
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise LabError("nothing to run: `lab-kit exec POD -- COMMAND…`")
+    netns = _target_netns(c, args.target)
+    c.runner.note(["ip", "netns", "exec", netns, *cmd], None, source="you")
+    os.execvp("ip", ["ip", "netns", "exec", netns, *cmd])
+    return 127  # not reached
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    dst, port = args.to, None
+    if ":" in dst:
+        dst, p = dst.rsplit(":", 1)
+        if not p.isdigit():
+            raise LabError(f"port {p!r} in {args.to!r} is not a number")
+        port = int(p)
+    r = c.probe(args.source, dst, port, protocol=args.protocol, path=args.path,
+                timeout=args.timeout)
+    print(json.dumps(r.to_dict()) if args.output == "json" else r)
+    return 0 if r.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lab_kit.cluster import Cluster
+    names = [args.name] if args.name else Cluster.list()
+    if not names:
+        print("no lab cluster is running — `lab-kit up` creates one")
+        return 0
+    for n in names:
+        st = Cluster.attach(n).status()
+        print(f"{st['name']}: {st['status']}, {st['nodes']} nodes, {st['pods']} pods, "
+              f"{st['netns']} namespaces, cni {st['cni']}, state in {st['stateDir']}")
+    return 0
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    print(c.journal(netns=args.netns, last=args.last))
+    return 0
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    dg = c.diagram()
+    if args.output:
+        fmt = args.output.rsplit(".", 1)[-1]
+        with open(args.output, "wb") as f:
+            f.write(dg.pipe(format=fmt))
+        print(f"wrote {args.output}")
+    else:
+        print(dg.source)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import importlib
+
+    from lab_kit.labs import LABS
+    if args.lab not in LABS:
+        raise LabError(f"no lab {args.lab!r}; labs: {', '.join(LABS)}")
+    lab = importlib.import_module(LABS[args.lab]).LAB
+    answers = dict(a.split("=", 1) for a in args.answer or [])
+    res = lab.run(args.check, **answers)
+    print(res.summary())
+    return 0 if res.all_passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lab-kit", description="A Kubernetes networking lab "
+                                 "built from real Linux kernel objects.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help: str, cluster: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if cluster:
+            p.add_argument("--name", help="cluster name (default: the only running one, "
+                           "or $LAB_KIT_CLUSTER, or `lab`)")
+        p.set_defaults(fn=fn)
+        return p
+
+    add("doctor", cmd_doctor, "check this machine has what the labs need", cluster=False)
+    p = add("up", cmd_up, "create a cluster from a kind-format config")
+    p.add_argument("-f", "--file", help="cluster config (kind: Cluster); default 1 "
+                   "control-plane + 2 workers")
+    p.add_argument("--replace", action="store_true", help="remove a cluster of the same name")
+    p = add("down", cmd_down, "remove a cluster and everything it made")
+    p.add_argument("--all", action="store_true", help="remove every lab cluster on this host")
+    p = add("apply", cmd_apply, "create or update objects from manifests (like kubectl)")
+    p.add_argument("-f", "--file", action="append", required=True, help="manifest file")
+    p = add("delete", cmd_delete, "delete objects from manifests, or a pod by name")
+    p.add_argument("-f", "--file", action="append")
+    p.add_argument("kind", nargs="?", help="pod")
+    p.add_argument("names", nargs="*")
+    p.add_argument("-n", "--namespace")
+    p = add("get", cmd_get, "list pods or nodes (like kubectl get -o wide)")
+    p.add_argument("kind", help="pods, nodes, or pods,nodes")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-o", "--output", choices=["wide", "json"], default="wide")
+    p = add("exec", cmd_exec, "run a command in a pod's, a node's or the external host's netns")
+    p.add_argument("target", help="pod (name or ns/name), node name, or `external`")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS…]")
+    p = add("probe", cmd_probe, "open a real connection FROM a pod/node TO pod[:port]")
+    p.add_argument("source")
+    p.add_argument("to", help="pod, node, `external` or IP, with an optional :PORT")
+    p.add_argument("--protocol", default="TCP", choices=["TCP", "UDP", "tcp", "udp"])
+    p.add_argument("--path", default="/hostname", help="HTTP path for TCP probes")
+    p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    add("status", cmd_status, "show running clusters")
+    p = add("journal", cmd_journal, "print every kernel command the lab ran, re-typeable")
+    p.add_argument("--netns")
+    p.add_argument("--last", type=int)
+    p = add("diagram", cmd_diagram, "draw the cluster from live kernel state (Graphviz)")
+    p.add_argument("-o", "--output", help="file.svg or file.png; default: DOT text")
+    p = add("check", cmd_check, "run a lab's checks from the terminal", cluster=False)
+    p.add_argument("lab")
+    p.add_argument("check", nargs="?")
+    p.add_argument("--answer", action="append", help="KEY=VALUE for checks that need one")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
