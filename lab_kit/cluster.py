@@ -367,13 +367,7 @@ class Cluster:
                       for n in self.nodes()])
 
     def _pod_infos(self) -> list[PodInfo]:
-        out = []
-        for _key, p in sorted(self.state["pods"].items()):
-            spec = model.pod_from_json(p["spec"])
-            tcp, udp = spec.serve_ports()
-            out.append(PodInfo(spec.namespace, spec.name, p["node"], p["ip"], p["netns"],
-                               spec.labels, tuple(tcp + udp), spec.owner))
-        return out
+        return [_pod_info(p) for _key, p in sorted(self.state["pods"].items())]
 
     def pods(self, namespace: str | None = None) -> list[PodInfo]:
         return [p for p in self._pod_infos() if namespace is None or p.namespace == namespace]
@@ -383,6 +377,9 @@ class Cluster:
         if "/" in name and namespace is None:
             namespace, name = name.split("/", 1)
         ns = namespace or "default"
+        stored = self.state["pods"].get(f"{ns}/{name}")
+        if stored is not None:  # the common case, without building every PodInfo
+            return PodShell(self, _pod_info(stored))
         infos = [p for p in self._pod_infos() if p.namespace == ns]
         exact = [p for p in infos if p.name == name]
         found = exact or [p for p in infos if p.name.startswith(name)]
@@ -432,7 +429,6 @@ class Cluster:
             state["deployments"].pop(key, None)
         for key, labels in plan.relabel.items():
             state["pods"][key]["spec"]["labels"] = labels
-        touched: set[str] = set()
         # deletions first: they free IPs and ports
         by_node: dict[str, list[str]] = {}
         for key in plan.delete_pods:
@@ -445,7 +441,6 @@ class Cluster:
             self._sync_agnhost(node)  # close the pods' sockets before their netns goes
         _parallel(by_node.items(), lambda item: self._remove_pods(item[0], [removed[k] for k in
                                                                            item[1]]))
-        touched.update(by_node)
         # creations, one thread per node
         creates: dict[str, list[model.Pod]] = {}
         for pod, node in plan.create_pods:
@@ -472,7 +467,6 @@ class Cluster:
             raise
         finally:
             self.store.save(state)
-        touched.update(creates)
 
     def _create_pods(self, node: str, pods: list[model.Pod]) -> dict[str, dict[str, Any]]:
         conf = self.config
@@ -590,6 +584,13 @@ class Cluster:
     def netns_name(self, pod: str, namespace: str = "default") -> str:
         """The netns name a pod called `pod` gets (for building one by hand in the labs)."""
         return naming.pod_netns(self.name, namespace, pod)
+
+
+def _pod_info(p: dict[str, Any]) -> PodInfo:
+    spec = model.pod_from_json(p["spec"])
+    tcp, udp = spec.serve_ports()
+    return PodInfo(spec.namespace, spec.name, p["node"], p["ip"], p["netns"], spec.labels,
+                   tuple(tcp + udp), spec.owner)
 
 
 class JournalView(list):
