@@ -7,6 +7,7 @@ Every error names the file, the object (`Kind/namespace/name`) and the field pat
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -183,9 +184,45 @@ def read_documents(source: str | Path | list[dict[str, Any]] | dict[str, Any],
     return out
 
 
-def _schema_check(doc: dict[str, Any], src: Source) -> None:
-    import kubernetes_validate  # imported lazily: it loads schemas on first use
+def _import_validator_libs() -> Any:
+    """Import kubernetes_validate without jsonschema's optional `rfc3987_syntax`.
 
+    That module builds a grammar at import time (~1 s) and is only used by format checkers,
+    which Kubernetes schema validation does not use.
+    """
+    import sys
+    if "kubernetes_validate.utils" in sys.modules:
+        return sys.modules["kubernetes_validate.utils"]
+    blocked = "rfc3987_syntax" not in sys.modules
+    if blocked:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
+    try:
+        import kubernetes_validate.utils
+    finally:
+        if blocked:
+            del sys.modules["rfc3987_syntax"]
+    return kubernetes_validate.utils
+
+
+@functools.lru_cache(maxsize=32)
+def _validator(kind: str, api_version: str) -> Any:
+    """One compiled validator per kind (kubernetes_validate re-reads 1.4 MB per document)."""
+    import re
+
+    kv = _import_validator_libs()
+    import jsonschema
+    from referencing import Registry, Resource
+
+    version = [v for v in kv.all_versions() if kv.major_minor(v) <= KUBE_VERSION][-1]
+    schema_dir = f"kubernetes-json-schema/v{version}-local-strict"
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = kv.schema_contents(f"{schema_dir}/{kind.lower()}-{api}.json", KUBE_VERSION)
+    defs = kv.schema_contents(f"{schema_dir}/_definitions.json", KUBE_VERSION)
+    registry = Resource.from_contents(defs) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _schema_check(doc: dict[str, Any], src: Source) -> None:
     kind, api = doc.get("kind"), doc.get("apiVersion")
     if not kind or not api:
         raise ConfigError("every object needs `apiVersion` and `kind`", file=src.file,
@@ -195,17 +232,19 @@ def _schema_check(doc: dict[str, Any], src: Source) -> None:
         raise ConfigError(f"{kind} ({api}) is not supported by this version of lab_kit",
                           file=src.file, obj=_obj_name(doc), field="kind",
                           fix=f"supported kinds: {supported}")
+    _import_validator_libs()  # before jsonschema, so its slow optional import is skipped
+    import jsonschema
+
     try:
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        path = ".".join(_fmt_path(list(getattr(e, "path", []) or [])))
-        reason = str(e).splitlines()[0]
-        raise ConfigError(f"fails the Kubernetes schema: {reason}", file=src.file,
-                          obj=_obj_name(doc), field=path or None,
-                          fix="compare with `kubectl explain`") from None
-    except Exception as e:  # unknown kind for the schema version, etc.
+        error = jsonschema.exceptions.best_match(_validator(kind, api).iter_errors(doc))
+    except Exception as e:  # a schema that cannot be loaded
         raise ConfigError(f"cannot validate against the Kubernetes schema: {e}", file=src.file,
                           obj=_obj_name(doc)) from None
+    if error is not None:
+        path = ".".join(_fmt_path(list(error.absolute_path)))
+        raise ConfigError(f"fails the Kubernetes schema: {error.message}", file=src.file,
+                          obj=_obj_name(doc), field=path or None,
+                          fix="compare with `kubectl explain`")
 
 
 def _fmt_path(parts: list[Any]) -> list[str]:
