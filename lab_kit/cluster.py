@@ -244,6 +244,9 @@ class Cluster:
     def _teardown(self) -> None:
         sweep(self.name, self.runner)
         import shutil
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._socket_dir.parent.rmdir()  # only when no other cluster has sockets
         shutil.rmtree(self.store.dir, ignore_errors=True)
         self._state = None
 
@@ -289,7 +292,7 @@ class Cluster:
     def _start_agnhost(self, node: str) -> None:
         d = self.store.dir / "agnhost"
         d.mkdir(parents=True, exist_ok=True)
-        ctl = d / f"{node}.sock"
+        ctl = self._control_socket(node)
         log = open(d / f"{node}.log", "ab")
         argv = [sys.executable, "-m", "lab_kit.agnhost", "--control", str(ctl)]
         self.runner.note(["start", "agnhost", "on", node, *argv], naming.node_netns(node),
@@ -312,6 +315,20 @@ class Cluster:
                                    f"{d / (node + '.log')}") from None
                 time.sleep(0.01)
 
+    @property
+    def _socket_dir(self) -> Path:
+        """Unix socket paths are limited to 107 bytes, and state dirs can be deep (pytest's
+        tmp dirs): control sockets live in a short per-cluster dir under /run instead."""
+        import hashlib
+        digest = hashlib.sha256(str(self.store.dir.resolve()).encode()).hexdigest()[:16]
+        return Path("/run/lab_kit-sock") / digest
+
+    def _control_socket(self, node: str) -> Path:
+        names = [n.name for n in self.config.nodes]
+        d = self._socket_dir
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"n{names.index(node)}.sock"
+
     def _sync_agnhost(self, node: str) -> None:
         pods = []
         for key, p in self.state["pods"].items():
@@ -321,7 +338,7 @@ class Cluster:
             tcp, udp = spec.serve_ports()
             pods.append({"key": key, "netns": p["netns"], "hostname": spec.name, "tcp": tcp,
                          "udp": udp})
-        ctl = str(self.store.dir / "agnhost" / f"{node}.sock")
+        ctl = str(self._control_socket(node))
         try:
             resp = agnhost.request(ctl, {"op": "sync", "pods": pods})
         except OSError:
