@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from lab_kit.errors import ConfigError, LabError, NotRunningError
 from lab_kit.kernel import Journal, Runner
 from lab_kit.state import Store, list_clusters, state_root
 
+SOCKET_ROOT = Path("/run/lab_kit-sock")
 POD_CAPACITY_PER_NODE = 253  # a /24 minus network, broadcast and the cni0 gateway (.1)
 Progress = Callable[[str], None]
 
@@ -162,6 +164,7 @@ class Cluster:
         self.store = Store(self.root, name)
         self.runner = Runner(Journal(self.store.journal_file))
         self._state: dict[str, Any] | None = None
+        self._stamp: tuple[int, int, int] | None = None
 
     # life cycle --------------------------------------------------------------------------
 
@@ -243,10 +246,6 @@ class Cluster:
 
     def _teardown(self) -> None:
         sweep(self.name, self.runner)
-        import shutil
-        shutil.rmtree(self._socket_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self._socket_dir.parent.rmdir()  # only when no other cluster has sockets
         shutil.rmtree(self.store.dir, ignore_errors=True)
         self._state = None
 
@@ -254,11 +253,16 @@ class Cluster:
 
     @property
     def state(self) -> dict[str, Any]:
-        if self._state is None:
-            if not self.store.exists():
-                raise NotRunningError(f"cluster `{self.name}` is not running — "
-                                      "`lab-kit up` creates it")
+        """The stored state, re-read whenever another process (the CLI, say) changed it."""
+        try:
+            st = self.store.state_file.stat()
+        except FileNotFoundError:
+            raise NotRunningError(f"cluster `{self.name}` is not running — "
+                                  "`lab-kit up` creates it") from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._state is None or stamp != self._stamp:
             self._state = self.store.load()
+            self._stamp = stamp
         return self._state
 
     def _reload(self) -> dict[str, Any]:
@@ -320,8 +324,8 @@ class Cluster:
         """Unix socket paths are limited to 107 bytes, and state dirs can be deep (pytest's
         tmp dirs): control sockets live in a short per-cluster dir under /run instead."""
         import hashlib
-        digest = hashlib.sha256(str(self.store.dir.resolve()).encode()).hexdigest()[:16]
-        return Path("/run/lab_kit-sock") / digest
+        digest = hashlib.sha256(str(self.store.dir.resolve()).encode()).hexdigest()[:12]
+        return SOCKET_ROOT / f"{self.name}-{digest}"
 
     def _control_socket(self, node: str) -> Path:
         names = [n.name for n in self.config.nodes]
@@ -427,7 +431,7 @@ class Cluster:
                 key = pod if "/" in pod else f"{namespace}/{pod}"
                 if key not in state["pods"]:
                     raise LabError(f"pod `{key}` not found")
-                plan = Plan(delete_pods=[key], messages=[f"pod/{key.split('/', 1)[1]} deleted"])
+                plan = Plan(delete_pods=[key], messages=[f'pod "{key.split("/", 1)[1]}" deleted'])
             else:
                 if source is None:
                     raise LabError("delete needs a manifest or a pod name")
@@ -470,8 +474,8 @@ class Cluster:
             for r in results:
                 made.update(r)
             state["pods"].update(made)
-            for node in creates:
-                self._sync_agnhost(node)
+            for node in {p["node"] for p in state["pods"].values()} | set(creates):
+                self._sync_agnhost(node)  # also restarts a server that died since last time
         except BaseException:
             # roll back this apply's pods so nothing is half-built
             for key in made:
@@ -737,7 +741,7 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
 
 def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Source]]) -> Plan:
     plan = Plan()
-    for o, _src in objs:
+    for o, src in objs:
         if isinstance(o, model.Pod):
             if o.key in state["pods"]:
                 plan.delete_pods.append(o.key)
@@ -755,8 +759,9 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'deployment.apps "{o.name}" not found')
         elif isinstance(o, model.Namespace):
             if o.name in model.SYSTEM_NAMESPACES:
-                raise ConfigError(f"namespace {o.name!r} cannot be deleted", obj=f"Namespace/"
-                                  f"{o.name}")
+                raise ConfigError(f"namespace {o.name!r} is a system namespace and cannot be "
+                                  "deleted", file=src.file, obj=f"Namespace/{o.name}",
+                                  field="metadata.name")
             if o.name in state["namespaces"]:
                 plan.delete_namespaces.append(o.name)
                 plan.delete_deployments += [k for k in state["deployments"]
@@ -789,6 +794,9 @@ def _build_underlay(runner: Runner, conf: config.ClusterConfig) -> None:
     from mininet.nodelib import LinuxBridge
 
     setLogLevel("error")  # Mininet warns about br_netfilter; the underlay bridge is in its own ns
+    # Mininet.init() would raise the *host's* sysctls (TCP buffers, ARP cache, pty.max) and
+    # rlimits; the lab's few hosts need none of it, and the host must stay untouched.
+    Mininet.inited = True
     net = Mininet(controller=None, build=False, autoSetMacs=False, ipBase=config.UNDERLAY_SUBNET,
                   waitConnected=False)
     hosts = []
@@ -910,8 +918,11 @@ def sweep(cluster: str, runner: Runner) -> None:
             runner.run(["ip", "netns", "del", n], check=False)
         etc = Path("/etc/netns") / n
         if etc.is_dir():
-            import shutil
             shutil.rmtree(etc, ignore_errors=True)
+    for d in SOCKET_ROOT.glob(f"{cluster}-*"):  # control sockets of crashed test servers
+        shutil.rmtree(d, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        SOCKET_ROOT.rmdir()  # only if no other cluster has sockets
 
 
 def sweep_all(runner: Runner) -> list[str]:

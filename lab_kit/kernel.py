@@ -88,6 +88,7 @@ class Journal:
             if self.path is None:
                 self._mem.append(entry)
                 return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps(entry.to_dict()) + "\n")
 
