@@ -1,7 +1,7 @@
 """pytest fixtures for lab_kit (registered as a pytest11 plugin).
 
 - `host_snapshot`: the host's own links, addresses, routes, rules, iptables-save, nft ruleset and
-  mounts; `host_snapshot.assert_unchanged()` diffs against now.
+  mounts and a set of host-wide sysctls; `host_snapshot.assert_unchanged()` diffs against now.
 - `lab_cluster_factory`: makes clusters with unique names and removes them after the test.
 - Every test marked `root` gets an automatic leak check: no lab netns, no lab process and no
   lab mount may survive the test, and the host must look exactly as before.
@@ -60,6 +60,7 @@ class HostSnapshot:
             "lab_netns": "\n".join(n for n in kernel.list_netns() if n.startswith(naming.PREFIX)),
             "lab_mounts": mounts,
             "lab_processes": "\n".join(_lab_processes()),
+            "sysctls": "\n".join(f"{k}={_sysctl(k)}" for k in HOST_SYSCTLS),
         }
 
     def diff(self) -> dict[str, tuple[str, str]]:
@@ -70,6 +71,23 @@ class HostSnapshot:
         d = self.diff()
         assert not d, "the host changed:\n" + "\n".join(
             f"--- {k} before:\n{a}\n+++ {k} after:\n{b}" for k, (a, b) in d.items())
+
+
+# host-wide settings a network emulator is tempted to change (Mininet's fixLimits does)
+HOST_SYSCTLS = (
+    "net/core/rmem_max", "net/core/wmem_max", "net/core/netdev_max_backlog",
+    "net/ipv4/tcp_rmem", "net/ipv4/tcp_wmem", "net/ipv4/ip_forward",
+    "net/ipv4/neigh/default/gc_thresh1", "net/ipv4/neigh/default/gc_thresh2",
+    "net/ipv4/neigh/default/gc_thresh3", "net/ipv4/route/max_size", "kernel/pty/max",
+    "fs/file-max", "net/bridge/bridge-nf-call-iptables",
+)
+
+
+def _sysctl(key: str) -> str:
+    try:
+        return Path("/proc/sys", key).read_text().strip()
+    except OSError:
+        return "(absent)"
 
 
 def _lab_processes() -> list[str]:
