@@ -5,7 +5,7 @@ kernel (links, addresses, routes…) and probes real traffic; it never reads the
 decide. Results render three ways: HTML in a notebook, `summary()` in a terminal, `to_dict()`
 for a gradebook. Every result is also recorded in the learner's progress file.
 
-    LAB = Lab("01-pod-netns", "A pod is a network namespace", cluster="podns")
+    LAB = Lab("01-pod-netns", "A pod is a network namespace", cluster_name="podns")
 
     @LAB.check("netns", "The pod's netns exists", points=1)
     def _(ctx):

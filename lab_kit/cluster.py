@@ -145,7 +145,15 @@ class Shell:
 
 
 class Node(Shell):
-    pass
+    def sh(self, command: str, check: bool = True, timeout: float = 60) -> str:
+        """Run a shell command in the node's network namespace only (`nsenter --net`).
+
+        Unlike `ip netns exec`, this keeps the host's mount namespace, so an `ip netns add`
+        run on the node makes a namespace every other shell can see, as on a real node.
+        """
+        done = self.cluster.runner.run(["bash", "-c", command], self.netns, check=check,
+                                       timeout=timeout, source="you")
+        return done.stdout + (done.stderr if done.stderr and not check else "")
 
 
 class PodShell(Shell):

@@ -1,0 +1,138 @@
+"""The checks of each lab notebook in `labs/`, one module per notebook.
+
+`LABS` maps a lab id (the notebook's stem) to the module defining its `LAB`; the CLI
+(`lab-kit check LAB [CHECK]`) and the tests load labs through it.
+
+The helpers below gather evidence from the live kernel for the checks: whether a netns is really
+a network namespace, the two ends of a veth pair, a link's state. They read, never change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lab_kit.checks import Context, Lab
+
+LABS: dict[str, str] = {
+    "00-welcome": "lab_kit.labs.welcome",
+    "01-pod-netns": "lab_kit.labs.pod_netns",
+    "02-pods-on-one-node": "lab_kit.labs.one_node",
+}
+
+
+def get_lab(lab_id: str) -> Lab:
+    """The `LAB` of lab `lab_id` (e.g. `01-pod-netns`)."""
+    if lab_id not in LABS:
+        raise KeyError(f"no lab {lab_id!r}; labs: {', '.join(LABS)}")
+    return importlib.import_module(LABS[lab_id]).LAB
+
+
+# --- evidence helpers shared by the labs' checks ------------------------------------------------
+
+Link = dict[str, Any]
+
+
+def is_netns(ctx: Context, netns: str) -> bool:
+    """`netns` is a real network namespace, not just a file under /run/netns.
+
+    A failed `ip netns add` can leave an empty placeholder file behind; `ip` cannot enter it.
+    """
+    return ctx.netns_exists(netns) and bool(ctx.ip_json(netns, "link", "show", "lo"))
+
+
+def is_up(link: Link | None) -> bool:
+    """Administratively up (`ip link set … up`), whatever the far end does."""
+    return bool(link) and "UP" in link.get("flags", [])
+
+
+def kind(link: Link | None) -> str:
+    """`veth`, `bridge`, … (`ip -d link` shows it as `linkinfo.info_kind`); '' for none."""
+    return ((link or {}).get("linkinfo") or {}).get("info_kind", "")
+
+
+def has_no_carrier(link: Link | None) -> bool:
+    """Up, but the other end of the cable is down (`NO-CARRIER`)."""
+    return bool(link) and "NO-CARRIER" in link.get("flags", [])
+
+
+def nsid_names(ctx: Context, netns: str) -> dict[int, str]:
+    """The ids `netns` gives the other namespaces it knows (`ip netns list-id`), by id."""
+    out: dict[int, str] = {}
+    for row in ctx.ip_json(netns, "netns", "list-id"):
+        if "nsid" in row and row.get("name"):
+            out[int(row["nsid"])] = row["name"]
+    return out
+
+
+def peer_netns(ctx: Context, netns: str, link: Link) -> str | None:
+    """Name of the namespace holding the other end of veth `link` (in `netns`), if it has one.
+
+    None when the peer is in the same namespace (or the name cannot be resolved).
+    """
+    nsid = link.get("link_netnsid")
+    if nsid is None:
+        return None
+    return nsid_names(ctx, netns).get(int(nsid))
+
+
+def are_peers(ctx: Context, ns_a: str, a: Link | None, ns_b: str, b: Link | None) -> bool:
+    """`a` (in `ns_a`) and `b` (in `ns_b`) are the two ends of one veth pair.
+
+    Proven by the kernel's own bookkeeping, both ways: each end's `link_index` is the other's
+    `ifindex`, and each end's `link_netnsid` names the other's namespace.
+    """
+    if not a or not b or kind(a) != "veth" or kind(b) != "veth":
+        return False
+    if a.get("link_index") != b.get("ifindex") or b.get("link_index") != a.get("ifindex"):
+        return False
+    return peer_netns(ctx, ns_a, a) == ns_b and peer_netns(ctx, ns_b, b) == ns_a
+
+
+def veth_peer_in(ctx: Context, ns_a: str, a: Link | None, ns_b: str) -> Link | None:
+    """The link in `ns_b` that is the other end of veth `a` (in `ns_a`), or None."""
+    if not a or a.get("link_index") is None:
+        return None
+    for b in ctx.links(ns_b):
+        if are_peers(ctx, ns_a, a, ns_b, b):
+            return b
+    return None
+
+
+def ipv4_of(ctx: Context, netns: str, ifname: str) -> str | None:
+    """The first IPv4 address (no prefix) on `ifname` in `netns`."""
+    addrs = ctx.ipv4s(ctx.link(netns, ifname))
+    return addrs[0].split("/")[0] if addrs else None
+
+
+def default_gateway(ctx: Context, netns: str) -> str | None:
+    """The gateway of the default route in `netns` (None: no default route, or no gateway)."""
+    for r in ctx.routes(netns):
+        if r.get("dst") == "default":
+            return r.get("gateway")
+    return None
+
+
+def pings(ctx: Context, netns: str, ip: str, tries: int = 3) -> bool:
+    """A real ping from `netns` to `ip` answers, within `tries` one-second attempts.
+
+    One lost packet is not a broken network: right after a fix, a neighbour entry may still be
+    resolving (or have just failed), and that first packet is dropped.
+    """
+    return any(ctx.ping(netns, ip, timeout=1) for _ in range(tries))
+
+
+def state_words(link: Link | None) -> str:
+    """A link's flags as `ip link` prints them, for expected/actual lines."""
+    if not link:
+        return "(no such link)"
+    return f"{link.get('ifname')} <{','.join(link.get('flags', []))}>"
+
+
+def norm_answer(value: Any) -> str:
+    """A learner's answer as a stripped string ('' for None and the `…` placeholder)."""
+    if value is None:
+        return ""
+    text = str(value).strip().strip("\"'").strip()
+    return "" if text in ("…", "...") else text
