@@ -13,6 +13,7 @@ dir and named network namespaces; `Cluster.attach(name)` re-attaches.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
@@ -450,6 +451,8 @@ class Cluster:
 
     def _execute(self, plan: Plan, say: Progress) -> None:
         state = self.state
+        backup = {k: copy.deepcopy(state[k]) for k in ("namespaces", "deployments")}
+        backup_labels = {k: state["pods"][k]["spec"]["labels"] for k in plan.relabel}
         state["namespaces"].update(plan.namespaces)
         for key in plan.delete_namespaces:
             state["namespaces"].pop(key, None)
@@ -478,9 +481,14 @@ class Cluster:
             say(f"creating {len(plan.create_pods)} pods on {len(creates)} nodes")
         made: dict[str, dict[str, Any]] = {}
         try:
-            results = _parallel(creates.items(), lambda item: self._create_pods(*item))
-            for r in results:
-                made.update(r)
+            # every node's outcome is collected before any failure is raised, so the pods
+            # other nodes made are known and can be rolled back too
+            outcomes = _parallel(creates.items(), lambda item: _settle(self._create_pods, *item))
+            for result, _ in outcomes:
+                made.update(result or {})
+            for _, error in outcomes:
+                if error is not None:
+                    raise error
             state["pods"].update(made)
             for node in {p["node"] for p in state["pods"].values()} | set(creates):
                 self._sync_agnhost(node)  # also restarts a server that died since last time
@@ -488,6 +496,10 @@ class Cluster:
             # roll back this apply's pods so nothing is half-built
             for key in made:
                 state["pods"].pop(key, None)
+            state.update(backup)  # the objects of a failed apply are not recorded either
+            for key, labels in backup_labels.items():
+                if key in state["pods"]:
+                    state["pods"][key]["spec"]["labels"] = labels
             _parallel(creates.keys(), lambda node: self._remove_pods(
                 node, [p for p in made.values() if p["node"] == node], best_effort=True))
             for node in creates:
@@ -778,6 +790,14 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'namespace "{o.name}" deleted')
     plan.delete_pods = sorted(set(plan.delete_pods))
     return plan
+
+
+def _settle(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+    """(result, None) or (None, the exception): for collecting every thread's outcome."""
+    try:
+        return fn(*args), None
+    except BaseException as e:  # re-raised by the caller after all threads are done
+        return None, e
 
 
 def _parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:

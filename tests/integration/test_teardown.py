@@ -340,6 +340,37 @@ def test_failed_apply_rolls_back_every_pod_of_that_apply(lab_cluster_factory,
     assert r.ok and r.reply == "one"
 
 
+def test_failure_on_one_node_rolls_back_the_pods_other_nodes_made(lab_cluster_factory,
+                                                                    tmp_path: Path) -> None:
+    # node threads run in parallel: the pods a healthy node made must be undone too, and the
+    # objects of the failed apply (here a Namespace) must not be recorded
+    plugin = tmp_path / "bridge-or-fail"
+    plugin.write_text(FAILING_BRIDGE)
+    plugin.chmod(0o755)
+    conf = config.parse_config({"kind": "Cluster", "apiVersion": config.KIND_API_VERSION,
+                                "name": unique_name(),
+                                "nodes": [{"role": "control-plane"}, {"role": "worker"},
+                                          {"role": "worker"}],
+                                "networking": {"cniPlugin": str(plugin)}})
+    c = lab_cluster_factory(conf)
+    w1, w2 = f"{c.name}-worker", f"{c.name}-worker2"
+    c.apply([pod_manifest("keep", node=w1)])
+    state_before = c.store.state_file.read_text()
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "extra"}},
+            pod_manifest("one", node=w1), pod_manifest("two", node=w1),
+            pod_manifest("zbad", node=w2)]
+    with pytest.raises(LabError, match="injected failure"):
+        c.apply(docs)
+    assert c.store.state_file.read_text() == state_before
+    assert sorted(n for n in owned_netns(c.name) if "." in n) == [f"lk-{c.name}.default.keep"]
+    for node, veths in ((w1, 1), (w2, 0)):
+        links = json.loads(subprocess.run(
+            ["ip", "-n", f"lk-{node}", "-j", "link", "show", "type", "veth"],
+            capture_output=True, text=True, check=True).stdout)
+        pod_veths = [ln["ifname"] for ln in links if ln["ifname"] != "eth0"]  # eth0: underlay
+        assert len(pod_veths) == veths, (node, pod_veths)
+
+
 # --- the host itself ---------------------------------------------------------------------------
 
 # Debian 12's kernel defaults; Mininet's fixLimits() raises (or, for tcp_rmem/tcp_wmem,
