@@ -4,15 +4,11 @@ Nothing here changes the kernel, and nothing reads the cluster's config to decid
 a namespace, link or route is in a :class:`Snapshot` because the kernel has it. The stored state
 is used only to *name* things (which netns is a node) and to break ties when matching veth ends.
 
-Two readers give the same :class:`NetnsView`:
-
-- ``ip`` (the default): one ``nsenter --net=/run/netns/<ns> ip -j -d -batch -`` running
-  ``addr show`` / ``route show`` / ``netns list-id`` — what a learner would type;
-- ``netlink``: a pyroute2 socket opened inside the netns (:func:`lab_kit.kernel.in_netns`
-  switches only the calling thread) and used from outside. Measured on Debian 12 (2 CPUs), it is
-  no faster: ~4 ms of pure-Python parsing per netns holds the GIL, so threads do not help, while
-  8 threads of `ip` run in parallel (15 netns: ~35 ms with `ip`, ~45-75 ms with netlink; 35 netns:
-  ~100 ms vs ~120-220 ms). It stays as an option and falls back to `ip` on any netlink error.
+Each namespace is read with one ``nsenter --net=/run/netns/<ns> ip -j -d -batch -`` running
+``addr show`` / ``route show`` / ``netns list-id`` — what a learner would type — eight namespaces
+at a time. (A pyroute2 netlink reader was measured too and was no faster: ~4 ms of pure-Python
+parsing per netns holds the GIL, while `ip` processes run in parallel; 35 netns took ~100 ms with
+`ip` against ~160 ms with netlink.)
 
 Veth ends are matched into pairs by :func:`match_veth_pairs`, a pure function: both ends must
 point at each other (``A.peer_ifindex == B.ifindex`` and ``B.peer_ifindex == A.ifindex``), the
@@ -23,8 +19,6 @@ node N) breaks any tie that is left.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,21 +33,7 @@ if TYPE_CHECKING:
 
 ROLES = ("node", "pod", "external", "underlay", "other")
 WORKERS = 8
-BACKENDS = ("ip", "netlink")
-
 End = tuple[str, str]  # (netns, ifname)
-
-# kernel numbers -> the words `ip` prints (linux/rtnetlink.h, /etc/iproute2/rt_protos)
-_PROTOS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
-           9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk",
-           16: "dhcp", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp", 187: "isis",
-           188: "ospf", 189: "rip", 192: "eigrp"}
-_SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
-_RTYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
-           6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
-_ARPHRD_LOOPBACK = 772
-_IFF_UP = 0x1
-_RT_TABLE_MAIN = 254
 
 
 # --- what a snapshot is made of ----------------------------------------------------------------
@@ -173,7 +153,6 @@ class Snapshot:
     dangling: list[End] = field(default_factory=list)
     ambiguous: list[End] = field(default_factory=list)
     state_pods: dict[str, str] = field(default_factory=dict)  # pod netns -> node netns (state)
-    backend: str = ""
     seconds: float = 0.0
 
     def view(self, netns: str) -> NetnsView | None:
@@ -342,17 +321,13 @@ def match_veth_pairs(links: Mapping[str, Sequence[Link]],
 
 # --- reading one namespace -----------------------------------------------------------------------
 
-def read_netns(netns: str, backend: str = "ip", role: str | None = None,
-               owner: str | None = None, peers: Sequence[str] = ()) -> NetnsView:
+def read_netns(netns: str, role: str | None = None, owner: str | None = None) -> NetnsView:
     """Links (IPv4 addresses included), main-table IPv4 routes and netns ids of `netns`.
 
     `role`/`owner` default to what the name says (any `lk-<cluster>-<x>` other than the
-    external host and the underlay counts as a node). `peers`: other netns names this one's veth
-    ends may lead to; the netlink reader resolves the kernel's netns ids only against those (the
-    `ip` reader lists them all). Raises :class:`LabError` if the netns does not exist.
+    external host and the underlay counts as a node). Raises :class:`LabError` if the netns
+    does not exist.
     """
-    if backend not in BACKENDS:
-        raise LabError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if not kernel.netns_exists(netns):
         raise LabError(f"network namespace `{netns}` does not exist")
     if role is None:
@@ -361,24 +336,8 @@ def read_netns(netns: str, backend: str = "ip", role: str | None = None,
             cluster, netns, _guess_nodes(cluster, [netns]))
         owner = owner or guessed
     owner = owner or netns
-    if backend == "netlink" and _have_pyroute2():
-        try:
-            links, routes, nsids = _read_netlink(netns, peers)
-        except LabError:
-            raise
-        except Exception:  # any netlink surprise (pyroute2 API drift…): ask `ip` instead
-            links, routes, nsids = _read_ip(netns)
-    else:
-        links, routes, nsids = _read_ip(netns)
+    links, routes, nsids = _read_ip(netns)
     return NetnsView(netns, role, owner, links, routes, nsids)
-
-
-def _have_pyroute2() -> bool:
-    try:
-        import pyroute2  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _read_ip(netns: str) -> tuple[tuple[Link, ...], tuple[Route, ...], tuple[tuple[int, str], ...]]:
@@ -445,102 +404,9 @@ def parse_ip_nsids(doc: list[dict[str, Any]]) -> tuple[tuple[int, str], ...]:
                         if "name" in d and "nsid" in d))
 
 
-def _read_netlink(netns: str, peers: Sequence[str]
-                  ) -> tuple[tuple[Link, ...], tuple[Route, ...], tuple[tuple[int, str], ...]]:
-    from pyroute2 import IPRoute
-
-    with kernel.in_netns(netns):
-        ipr = IPRoute()  # the socket stays in `netns` for its whole life
-    try:
-        raw_links = ipr.get_links()
-        raw_addrs = ipr.get_addr(family=socket.AF_INET)
-        raw_routes = ipr.get_routes(family=socket.AF_INET, table=_RT_TABLE_MAIN)
-        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw_links}
-        addrs: dict[int, list[str]] = {}
-        for a in raw_addrs:
-            local = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if local:
-                addrs.setdefault(a["index"], []).append(f"{local}/{a['prefixlen']}")
-        links = []
-        wanted: set[int] = set()
-        for m in raw_links:
-            info = m.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-            if kind is None and m["ifi_type"] == _ARPHRD_LOOPBACK:
-                kind = "loopback"
-            master = m.get_attr("IFLA_MASTER")
-            nsid = m.get_attr("IFLA_LINK_NETNSID") if kind == "veth" else None
-            if nsid is not None:
-                wanted.add(nsid)
-            links.append(Link(
-                ifindex=m["index"], name=m.get_attr("IFLA_IFNAME"), kind=kind,
-                state=m.get_attr("IFLA_OPERSTATE") or "UNKNOWN",
-                mac=m.get_attr("IFLA_ADDRESS"), mtu=m.get_attr("IFLA_MTU"),
-                master=names.get(master) if master else None,
-                peer_ifindex=m.get_attr("IFLA_LINK") if kind == "veth" else None,
-                addresses=tuple(addrs.get(m["index"], ())), link_netnsid=nsid,
-                admin_up=bool(m["flags"] & _IFF_UP)))
-        routes = tuple(_netlink_route(r, names) for r in raw_routes)
-        nsids = _netlink_nsids(ipr, netns, peers, wanted)
-    finally:
-        ipr.close()
-    return tuple(links), routes, nsids
-
-
-def _netlink_route(r: Any, names: Mapping[int, str]) -> Route:
-    dst_ip = r.get_attr("RTA_DST")
-    dst_len = r["dst_len"]
-    if dst_ip is None and dst_len == 0:
-        dst = "default"
-    elif dst_len == 32:
-        dst = dst_ip
-    else:
-        dst = f"{dst_ip}/{dst_len}"
-    gw = r.get_attr("RTA_GATEWAY")
-    oif = r.get_attr("RTA_OIF")
-    dev = names.get(oif) if oif else None
-    hops = r.get_attr("RTA_MULTIPATH")
-    if gw is None and hops:
-        gw = ",".join(h.get_attr("RTA_GATEWAY") or "" for h in hops)
-        dev = names.get(hops[0]["oif"])
-    return Route(dst=dst, gateway=gw, dev=dev,
-                 proto=_PROTOS.get(r["proto"], str(r["proto"])),
-                 scope=_SCOPES.get(r["scope"], str(r["scope"])),
-                 src=r.get_attr("RTA_PREFSRC"),
-                 type=_RTYPES.get(r["type"], str(r["type"])),
-                 onlink=bool(r["flags"] & 0x4))  # RTNH_F_ONLINK
-
-
-def _netlink_nsids(ipr: Any, netns: str, peers: Sequence[str], wanted: set[int]
-                   ) -> tuple[tuple[int, str], ...]:
-    """Which of `peers` the netns ids in `wanted` (as numbered inside `netns`) stand for.
-
-    RTM_GETNSID with a netns fd answers "what id does this netns have here" and allocates
-    nothing; it stops as soon as every wanted id is named.
-    """
-    found: dict[int, str] = {}
-    for name in peers:
-        if not wanted - set(found):
-            break
-        if name == netns:
-            continue
-        try:
-            fd = os.open(kernel.netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            res = ipr.get_netnsid(fd=fd)
-        finally:
-            os.close(fd)
-        nsid = res.get("nsid") if res else None
-        if nsid is not None and nsid in wanted:
-            found[nsid] = name
-    return tuple(sorted(found.items()))
-
-
 # --- a whole cluster -----------------------------------------------------------------------------
 
-def snapshot(cluster: Cluster, backend: str = "ip", workers: int = WORKERS) -> Snapshot:
+def snapshot(cluster: Cluster, workers: int = WORKERS) -> Snapshot:
     """Read every netns of `cluster` that exists in the kernel, in parallel, and pair veths.
 
     `cluster` is a :class:`lab_kit.cluster.Cluster` (anything with `name`, `nodes()` and
@@ -557,15 +423,12 @@ def snapshot(cluster: Cluster, backend: str = "ip", workers: int = WORKERS) -> S
         nodes = _guess_nodes(name, nets)
         state_pods = {}
     roles = {n: classify(name, n, nodes) for n in nets}
-    # the likely peers first, so the netlink reader's netns-id lookups end early
-    rank = {"node": 0, "underlay": 1, "external": 2, "other": 3, "pod": 4}
-    ordered = sorted(nets, key=lambda n: (rank[roles[n][0]], n))
 
     def read(n: str) -> NetnsView | None:
         role, owner = roles[n]
         in_state = role != "pod" or n in state_pods
         try:
-            v = read_netns(n, backend, role, owner, peers=ordered)
+            v = read_netns(n, role, owner)
         except LabError as e:
             if not kernel.netns_exists(n):
                 return None  # deleted while we looked: the kernel is the truth
@@ -581,5 +444,5 @@ def snapshot(cluster: Cluster, backend: str = "ip", workers: int = WORKERS) -> S
     views = [v for v in read_views if v is not None]
     m = match_veth_pairs({v.name: v.links for v in views},
                          {v.name: v.nsid_map() for v in views}, state_pods)
-    return Snapshot(name, views, m.pairs, m.dangling, m.ambiguous, state_pods, backend,
+    return Snapshot(name, views, m.pairs, m.dangling, m.ambiguous, state_pods,
                     time.perf_counter() - t0)

@@ -103,7 +103,7 @@ def make_snapshot(vs: list[NetnsView] | None = None) -> Snapshot:
     vs = vs if vs is not None else views()
     m = match_veth_pairs({v.name: v.links for v in vs}, {v.name: v.nsid_map() for v in vs},
                          STATE_PODS)
-    return Snapshot(C, vs, m.pairs, m.dangling, m.ambiguous, dict(STATE_PODS), "test")
+    return Snapshot(C, vs, m.pairs, m.dangling, m.ambiguous, dict(STATE_PODS))
 
 
 # --- matching ------------------------------------------------------------------------------------
