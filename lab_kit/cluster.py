@@ -132,29 +132,29 @@ class Shell:
         self.ip = ip
 
     def sh(self, command: str, check: bool = True, timeout: float = 60) -> str:
-        """Run a shell command inside this netns (as `ip netns exec NETNS bash -c …`).
+        """Run a shell command inside this netns.
 
-        Returns stdout (stderr appended if the command wrote any). Raises CommandError on a
-        non-zero exit when `check` is true.
+        Returns stdout. Raises CommandError on a non-zero exit when `check` is true; with
+        `check=False` whatever the command wrote to stderr is appended instead.
         """
-        done = self.cluster.runner.run(["ip", "netns", "exec", self.netns, "bash", "-c", command],
-                                       check=check, timeout=timeout, source="you")
-        return done.stdout + (done.stderr if done.stderr and not check else "")
+        argv, netns = self._wrap(command)
+        done = self.cluster.runner.run(argv, netns, check=check, timeout=timeout, source="you")
+        return done.stdout + (done.stderr if not check else "")
+
+    def _wrap(self, command: str) -> tuple[list[str], str | None]:
+        # `ip netns exec` also binds /etc/netns/<netns>/* (a pod's resolv.conf) over /etc
+        return ["ip", "netns", "exec", self.netns, "bash", "-c", command], None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} netns={self.netns} ip={self.ip}>"
 
 
 class Node(Shell):
-    def sh(self, command: str, check: bool = True, timeout: float = 60) -> str:
-        """Run a shell command in the node's network namespace only (`nsenter --net`).
-
-        Unlike `ip netns exec`, this keeps the host's mount namespace, so an `ip netns add`
-        run on the node makes a namespace every other shell can see, as on a real node.
-        """
-        done = self.cluster.runner.run(["bash", "-c", command], self.netns, check=check,
-                                       timeout=timeout, source="you")
-        return done.stdout + (done.stderr if done.stderr and not check else "")
+    def _wrap(self, command: str) -> tuple[list[str], str | None]:
+        # the network namespace only (`nsenter --net`): unlike `ip netns exec` this keeps the
+        # host's mount namespace, so an `ip netns add` on the node is visible to every shell,
+        # as on a real node
+        return ["bash", "-c", command], self.netns
 
 
 class PodShell(Shell):
@@ -174,6 +174,7 @@ class Cluster:
         self.runner = Runner(Journal(self.store.journal_file))
         self._state: dict[str, Any] | None = None
         self._stamp: tuple[int, int, int] | None = None
+        self._config: tuple[float, config.ClusterConfig] | None = None
 
     # life cycle --------------------------------------------------------------------------
 
@@ -206,7 +207,7 @@ class Cluster:
                      "source": conf.source, "created": time.time(),
                      "namespaces": {n: {"labels": {"kubernetes.io/metadata.name": n}}
                                     for n in model.SYSTEM_NAMESPACES},
-                     "deployments": {}, "pods": {}, "agnhost": {}}
+                     "deployments": {}, "pods": {}}
             self.store.save(state)  # before any kernel change: `down` can always find us
             self._state = state
             try:
@@ -280,7 +281,12 @@ class Cluster:
 
     @property
     def config(self) -> config.ClusterConfig:
-        return config.parse_config(self.state["config"], source=self.state.get("source"))
+        """The cluster's config; it never changes while the cluster lives (keyed on `created`)."""
+        state = self.state
+        if self._config is None or self._config[0] != state["created"]:
+            self._config = (state["created"],
+                            config.parse_config(state["config"], source=state.get("source")))
+        return self._config[1]
 
     # nodes -------------------------------------------------------------------------------
 
@@ -382,10 +388,7 @@ class Cluster:
     # pods --------------------------------------------------------------------------------
 
     def get_pods(self, namespace: str | None = None) -> Table:
-        rows = []
-        for p in self._pod_infos():
-            if namespace is None or p.namespace == namespace:
-                rows.append(p)
+        rows = self.pods(namespace)
         t = Table(["NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE"],
                   [[p.namespace, p.name, "1/1", "Running", p.ip, p.node] for p in rows])
         t.pods = rows  # type: ignore[attr-defined]
@@ -543,10 +546,11 @@ class Cluster:
         conf = self.config
         conflist = self._conflist(conf, conf.node(node))
         node_ns = naming.node_netns(node)
+        paths = self._cni_paths()
         for p in pods:
             att = cni.Attachment(p["containerID"], p["netns"])
             try:
-                cni.delete(self.runner, node_ns, conflist, att, self._cni_paths(),
+                cni.delete(self.runner, node_ns, conflist, att, paths,
                            prev_result=p.get("cniResult"))
             except LabError:
                 if not best_effort:
@@ -661,7 +665,7 @@ class Plan:
     messages: list[str] = field(default_factory=list)
 
 
-def _schedulable(conf: config.ClusterConfig, pod: model.Pod) -> list[str]:
+def _schedulable(conf: config.ClusterConfig) -> list[str]:
     workers = [n.name for n in conf.nodes if n.role == "worker"]
     # kind taints control-plane nodes NoSchedule unless the cluster has no workers
     return workers or [n.name for n in conf.nodes]
@@ -691,7 +695,7 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
                                   f"{', '.join(load)}", file=src.file, obj=obj, field=fld)
             node = pod.node_name
         else:
-            cands = _schedulable(conf, pod)
+            cands = _schedulable(conf)
             node = min(cands, key=lambda n: (load[n], cands.index(n)))
         if load[node] >= POD_CAPACITY_PER_NODE:
             raise ConfigError(f"node {node!r} has no free pod IP: its pod CIDR "
