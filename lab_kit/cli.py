@@ -192,12 +192,11 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import importlib
-
-    from lab_kit.labs import LABS
-    if args.lab not in LABS:
-        raise LabError(f"no lab {args.lab!r}; labs: {', '.join(LABS)}")
-    lab = importlib.import_module(LABS[args.lab]).LAB
+    from lab_kit.labs import get_lab
+    try:
+        lab = get_lab(args.lab)
+    except KeyError as e:
+        raise LabError(e.args[0]) from None
     answers = dict(a.split("=", 1) for a in args.answer or [])
     res = lab.run(args.check, **answers)
     print(res.summary())

@@ -90,18 +90,24 @@ def _sysctl(key: str) -> str:
         return "(absent)"
 
 
-def _lab_processes() -> list[str]:
+def processes_with(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `text`."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            state = Path(f"/proc/{d}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
             continue
-        if "lab_kit.agnhost" in cmd:
-            out.append(f"{d} {cmd.strip()}")
+        if text in cmd and state != "Z":
+            out.append(int(d))
     return out
+
+
+def _lab_processes() -> list[str]:
+    return [f"pid {pid}: python -m lab_kit.agnhost" for pid in processes_with("lab_kit.agnhost")]
 
 
 def unique_name(prefix: str = "t") -> str:

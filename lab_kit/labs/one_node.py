@@ -153,15 +153,24 @@ def check_ports(ctx: Context) -> Verdict:
                   "and b")
 
 
+def _missing_pod(ctx: Context, p: Plan) -> Verdict | None:
+    """A failed verdict naming the first hand-made pod whose netns is not there yet."""
+    for pod in p.pods:
+        if not is_netns(ctx, pod.netns):
+            return failed(f"pod {pod.name} does not exist yet",
+                          hint="do the pods exercise first (LAB.run(\"ports\") guides you)",
+                          expected=pod.netns, actual="missing")
+    return None
+
+
 @LAB.check("addresses", "Pods a and b have their addresses and a default route via br0")
 def check_addresses(ctx: Context) -> Verdict:
     p = plan(ctx)
     node_ip = ipv4_of(ctx, p.node_ns, "eth0") or "?"
+    missing = _missing_pod(ctx, p)
+    if missing is not None:
+        return missing
     for pod in p.pods:
-        if not is_netns(ctx, pod.netns):
-            return failed(f"pod {pod.name} does not exist yet",
-                          hint="do the pods exercise (LAB.run(\"ports\") guides you)",
-                          expected=pod.netns, actual="missing")
         in_pod = f"ip -n {pod.netns} "
         eth0 = ctx.link(pod.netns, "eth0")
         want = f"{pod.ip}/{p.prefix}"
@@ -195,11 +204,9 @@ def check_addresses(ctx: Context) -> Verdict:
 def check_a_to_b(ctx: Context) -> Verdict:
     p = plan(ctx)
     a, b = p.pods
-    for pod in (a, b):
-        if not is_netns(ctx, pod.netns):
-            return failed(f"pod {pod.name} does not exist yet",
-                          hint="do the pods exercise first", expected=pod.netns,
-                          actual="missing")
+    missing = _missing_pod(ctx, p)
+    if missing is not None:
+        return missing
     b_ip = ipv4_of(ctx, b.netns, "eth0")
     if b_ip is None:
         return failed("pod b's eth0 has no address to ping",
@@ -228,10 +235,9 @@ def check_a_to_b(ctx: Context) -> Verdict:
 def check_arp(ctx: Context) -> Verdict:
     p = plan(ctx)
     a, b = p.pods
-    for pod in (a, b):
-        if not is_netns(ctx, pod.netns):
-            return failed(f"pod {pod.name} does not exist yet", hint="do the pods exercise first",
-                          expected=pod.netns, actual="missing")
+    missing = _missing_pod(ctx, p)
+    if missing is not None:
+        return missing
     b_eth0 = ctx.link(b.netns, "eth0")
     b_ip = ipv4_of(ctx, b.netns, "eth0")
     if b_eth0 is None or b_ip is None:

@@ -19,7 +19,7 @@ from lab_kit import config, kernel, naming
 from lab_kit.cluster import Cluster, sweep
 from lab_kit.errors import LabError, NotRunningError
 from lab_kit.kernel import Runner
-from lab_kit.pytest_plugin import unique_name
+from lab_kit.pytest_plugin import processes_with, unique_name
 
 pytestmark = pytest.mark.root
 
@@ -45,22 +45,6 @@ DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name"
 
 def owned_netns(name: str) -> list[str]:
     return [n for n in kernel.list_netns() if naming.owns_netns(name, n)]
-
-
-def processes_with(text: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains `text`."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{d}/stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if text in cmd and state != "Z":
-            out.append(int(d))
-    return out
 
 
 def alive(pid: int) -> bool:
@@ -306,16 +290,22 @@ exec /usr/lib/cni/bridge
 """
 
 
-def test_failed_apply_rolls_back_every_pod_of_that_apply(lab_cluster_factory,
-                                                        tmp_path: Path) -> None:
+def failing_plugin_cluster(factory: Any, tmp_path: Path, workers: int) -> Cluster:
+    """A cluster whose CNI plugin fails ADD for pods named `*bad`."""
     plugin = tmp_path / "bridge-or-fail"
     plugin.write_text(FAILING_BRIDGE)
     plugin.chmod(0o755)
     conf = config.parse_config({"kind": "Cluster", "apiVersion": config.KIND_API_VERSION,
                                 "name": unique_name(),
-                                "nodes": [{"role": "control-plane"}, {"role": "worker"}],
+                                "nodes": [{"role": "control-plane"}]
+                                + [{"role": "worker"}] * workers,
                                 "networking": {"cniPlugin": str(plugin)}})
-    c = lab_cluster_factory(conf)
+    return factory(conf)
+
+
+def test_failed_apply_rolls_back_every_pod_of_that_apply(lab_cluster_factory,
+                                                        tmp_path: Path) -> None:
+    c = failing_plugin_cluster(lab_cluster_factory, tmp_path, workers=1)
     worker = f"{c.name}-worker"
     c.apply([pod_manifest("keep", node=worker)])
     keep_ip = c.pod("keep").ip
@@ -344,15 +334,7 @@ def test_failure_on_one_node_rolls_back_the_pods_other_nodes_made(lab_cluster_fa
                                                                     tmp_path: Path) -> None:
     # node threads run in parallel: the pods a healthy node made must be undone too, and the
     # objects of the failed apply (here a Namespace) must not be recorded
-    plugin = tmp_path / "bridge-or-fail"
-    plugin.write_text(FAILING_BRIDGE)
-    plugin.chmod(0o755)
-    conf = config.parse_config({"kind": "Cluster", "apiVersion": config.KIND_API_VERSION,
-                                "name": unique_name(),
-                                "nodes": [{"role": "control-plane"}, {"role": "worker"},
-                                          {"role": "worker"}],
-                                "networking": {"cniPlugin": str(plugin)}})
-    c = lab_cluster_factory(conf)
+    c = failing_plugin_cluster(lab_cluster_factory, tmp_path, workers=2)
     w1, w2 = f"{c.name}-worker", f"{c.name}-worker2"
     c.apply([pod_manifest("keep", node=w1)])
     state_before = c.store.state_file.read_text()
