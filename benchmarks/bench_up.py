@@ -516,6 +516,12 @@ def main() -> int:
                 f"{mem['self_rss'] / MiB:.0f} MiB (peak {mem['self_hwm'] / MiB:.0f} MiB)")
             say(f"  time target <= {TARGET_LARGE_S:.0f} s: {verdict(ok_time)}; memory target "
                 f"<= 2 GiB RSS: {verdict(ok_mem)}")
+            from lab_kit.kernel import neighbour_limit
+            limit = neighbour_limit()
+            if limit is not None and 2 * n * per > limit:
+                say(f"  note: {n * per} pods need ~{2 * n * per} ARP entries but this kernel "
+                    f"keeps {limit} (net.ipv4.neigh.default.gc_thresh3, host-wide; lab_kit "
+                    "leaves it alone), so probes time out while entries are evicted")
             rows += [
                 (f"{n}x{per} up -> all pods answer", f"{large['total']:.1f} s "
                  f"(up {large['up']:.1f} + apply {large['apply']:.1f} + probes "

@@ -493,6 +493,7 @@ class Cluster:
                 if error is not None:
                     raise error
             state["pods"].update(made)
+            _warn_neighbour_limit(len(state["pods"]))
             for node in {p["node"] for p in state["pods"].values()} | set(creates):
                 self._sync_agnhost(node)  # also restarts a server that died since last time
         except BaseException:
@@ -794,6 +795,19 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'namespace "{o.name}" deleted')
     plan.delete_pods = sorted(set(plan.delete_pods))
     return plan
+
+
+def _warn_neighbour_limit(pods: int) -> None:
+    limit = kernel.neighbour_limit()
+    if limit is not None and 2 * pods > limit:
+        import warnings
+        warnings.warn(
+            f"{pods} pods need about {2 * pods} ARP entries, more than this kernel keeps "
+            f"(net.ipv4.neigh.default.gc_thresh3 = {limit}, shared by every namespace): "
+            "connections will time out while entries are evicted. lab_kit leaves that host "
+            "setting alone; raise it yourself (e.g. sysctl -w "
+            "net.ipv4.neigh.default.gc_thresh3=16384) or use fewer pods.",
+            RuntimeWarning, stacklevel=4)
 
 
 def _settle(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:

@@ -226,3 +226,18 @@ def pids_in_netns(inodes: set[int]) -> list[int]:
         if ino in inodes:
             out.append(int(d))
     return out
+
+
+def neighbour_limit() -> int | None:
+    """The kernel's hard cap on ARP entries (`net.ipv4.neigh.default.gc_thresh3`), or None.
+
+    It is global: every network namespace shares it, and it cannot be set per netns. Each pod
+    needs about two entries (its gateway in the pod, the pod on the node's bridge), so with the
+    default 1024 a cluster of ~500 pods starts losing ARP entries and connections time out.
+    lab_kit never changes it: it is the host's setting.
+    """
+    try:
+        return int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    except (OSError, ValueError):
+        return None
+
