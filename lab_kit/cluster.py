@@ -319,9 +319,11 @@ class Cluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + (
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        p = subprocess.Popen(["nsenter", f"--net={kernel.netns_path(naming.node_netns(node))}",
-                              "--", *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True, env=env, close_fds=True)
+        # `setsid -f` forks: the server is a daemon re-parented to init, not a child of this
+        # (possibly long-lived notebook) process that would linger as a zombie after `down`
+        subprocess.run(["nsenter", f"--net={kernel.netns_path(naming.node_netns(node))}", "--",
+                        "setsid", "-f", *argv], stdin=subprocess.DEVNULL, stdout=log,
+                       stderr=log, env=env, close_fds=True, check=True, timeout=10)
         log.close()
         deadline = time.monotonic() + 10
         while True:
@@ -329,7 +331,7 @@ class Cluster:
                 agnhost.request(str(ctl), {"op": "ping"}, timeout=1)
                 break
             except OSError:
-                if p.poll() is not None or time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     raise LabError(f"the test server on node `{node}` did not start; see "
                                    f"{d / (node + '.log')}") from None
                 time.sleep(0.01)
@@ -868,14 +870,14 @@ def _build_underlay(runner: Runner, conf: config.ClusterConfig) -> None:
         for _name, _ip, ns in members:
             runner.run(["ip", "link", "set", "eth0", "up"], ns)
     finally:
-        # Mininet's shells are no longer needed: the named netns keep the namespaces alive
+        # Mininet's shells are no longer needed: the named netns keep the namespaces alive.
+        # terminate() is Mininet's own undo (SIGHUP the shell, close its pty, wait for it).
         for node in [*net.hosts, *net.switches]:
             if node.shell is not None:
-                with contextlib.suppress(OSError):
-                    os.killpg(node.shell.pid, signal.SIGKILL)
                 with contextlib.suppress(Exception):
-                    node.shell.wait(timeout=2)
-                node.shell = None
+                    node.terminate()
+                with contextlib.suppress(Exception):
+                    node.stdout.close()  # the pty's master end, which terminate() leaves open
 
 
 # --- probing ---------------------------------------------------------------------------------

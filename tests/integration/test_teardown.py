@@ -290,6 +290,32 @@ exec /usr/lib/cni/bridge
 """
 
 
+def test_up_and_down_leak_no_child_or_open_file_in_the_caller(lab_cluster_factory) -> None:
+    # a notebook kernel lives for hours: the test servers must be daemons, not abandoned
+    # children, and Mininet's shells and ptys must be closed, or every cluster leaves
+    # ResourceWarnings (and, until reaped, zombies) behind in the learner's kernel
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = lab_cluster_factory()
+        c.apply([pod_manifest("a")])
+        c.down()
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+    children = [d for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == os.getpid()]
+    assert children == []
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def failing_plugin_cluster(factory: Any, tmp_path: Path, workers: int) -> Cluster:
     """A cluster whose CNI plugin fails ADD for pods named `*bad`."""
     plugin = tmp_path / "bridge-or-fail"
