@@ -257,6 +257,8 @@ class Cluster:
     def _teardown(self) -> None:
         sweep(self.name, self.runner)
         shutil.rmtree(self.store.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()  # the state root too, once no cluster is left in it
         self._state = None
 
     # state -------------------------------------------------------------------------------

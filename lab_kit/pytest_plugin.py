@@ -59,6 +59,8 @@ class HostSnapshot:
             "nft": _out(["nft", "list", "ruleset"]),
             "lab_netns": "\n".join(n for n in kernel.list_netns() if n.startswith(naming.PREFIX)),
             "lab_mounts": mounts,
+            "lab_sockets": "\n".join(sorted(str(p) for p in Path("/run/lab_kit-sock").glob("**/*"))
+                                     if Path("/run/lab_kit-sock").exists() else ""),
             "lab_processes": "\n".join(_lab_processes()),
             "sysctls": "\n".join(f"{k}={_sysctl(k)}" for k in HOST_SYSCTLS),
         }
