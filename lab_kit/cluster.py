@@ -203,7 +203,7 @@ class Cluster:
             sweep(conf.name, self.runner)
         t0 = time.monotonic()
         with self.store.lock():
-            state = {"version": 1, "status": "creating", "config": conf.to_dict(),
+            state = {"version": 1, "status": "creating", "config": conf.to_dict(stored=True),
                      "source": conf.source, "created": time.time(),
                      "namespaces": {n: {"labels": {"kubernetes.io/metadata.name": n}}
                                     for n in model.SYSTEM_NAMESPACES},
@@ -287,7 +287,8 @@ class Cluster:
         state = self.state
         if self._config is None or self._config[0] != state["created"]:
             self._config = (state["created"],
-                            config.parse_config(state["config"], source=state.get("source")))
+                            config.parse_config(state["config"], source=state.get("source"),
+                                                stored=True))
         return self._config[1]
 
     # nodes -------------------------------------------------------------------------------
@@ -305,7 +306,8 @@ class Cluster:
 
     def _conflist(self, conf: config.ClusterConfig, n: config.NodeConfig) -> dict[str, Any]:
         data_dir = self.store.dir / "cni" / n.name / "ipam"
-        return cni.render_bridge_conflist(n.pod_cidr, str(data_dir), plugin=conf.cni_plugin)
+        return cni.render_bridge_conflist(n.pod_cidr, str(data_dir), mtu=conf.pod_mtu,
+                                          plugin=conf.plugin_for(n))
 
     def _cni_paths(self) -> list[str]:
         return cni.cni_path()
@@ -347,10 +349,10 @@ class Cluster:
         return SOCKET_ROOT / f"{self.name}-{digest}"
 
     def _control_socket(self, node: str) -> Path:
-        names = [n.name for n in self.config.nodes]
+        ip = self.config.node(node).ip
         d = self._socket_dir
         d.mkdir(parents=True, exist_ok=True)
-        return d / f"n{names.index(node)}.sock"
+        return d / f"n{ip.rsplit('.', 1)[1]}.sock"  # by underlay IP: stable as nodes come and go
 
     def _sync_agnhost(self, node: str) -> None:
         pods = []
@@ -702,10 +704,10 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
         else:
             cands = _schedulable(conf)
             node = min(cands, key=lambda n: (load[n], cands.index(n)))
-        if load[node] >= POD_CAPACITY_PER_NODE:
+        if load[node] >= conf.node(node).pod_capacity:
             raise ConfigError(f"node {node!r} has no free pod IP: its pod CIDR "
                               f"{conf.node(node).pod_cidr} is exhausted "
-                              f"({POD_CAPACITY_PER_NODE} pods)", file=src.file, obj=obj,
+                              f"({conf.node(node).pod_capacity} pods)", file=src.file, obj=obj,
                               field=fld if pod.node_name else None,
                               fix="delete pods or add nodes to the cluster config")
         load[node] += 1

@@ -23,7 +23,11 @@ DEFAULT_SERVICE_SUBNET = "10.96.0.0/16"
 UNDERLAY_SUBNET = "172.18.0.0/16"  # kind's docker network
 EXTERNAL_IP = "172.18.0.100"
 MAX_NODES = 90  # node underlay IPs are 172.18.0.2 … .91; the external host is .100
-CNI_BACKENDS = ("host-gw",)
+CNI_BACKENDS = ("host-gw", "vxlan", "bgp")
+DEFAULT_CNI = "vxlan"  # Flannel's default backend
+BGP_PEERINGS = ("node-mesh", "route-reflector")
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
+UNDERLAY_MTU = 1500
 PROXY_MODES = ("iptables",)
 ROLES = ("control-plane", "worker")
 
@@ -33,6 +37,11 @@ _IGNORED_TOP = {"featureGates", "runtimeConfig", "kubeadmConfigPatches",
                 "containerdConfigPatchesJSON6902"}
 _IGNORED_NODE = {"image", "extraMounts", "extraPortMappings", "kubeadmConfigPatches",
                  "kubeadmConfigPatchesJSON6902"}
+# lab_kit's own node keys (kind has no such fields): a node's pod CIDR (kube-controller-manager
+# normally allocates it) and the CNI plugin executable wiring this node's pods
+_LAB_NODE = {"podCIDR", "cniPlugin"}
+# written into the stored state only, never accepted from a user's file
+_STORED_NODE = {"name", "ip"}
 _IGNORED_NET = {"ipFamily", "apiServerAddress", "apiServerPort", "disableDefaultCNI",
                 "dnsSearch"}
 
@@ -42,8 +51,14 @@ class NodeConfig:
     name: str
     role: str
     ip: str  # underlay address (no prefix length)
-    pod_cidr: str  # this node's /24 of the pod subnet
+    pod_cidr: str  # this node's slice of the pod subnet (a /24 unless the config says otherwise)
     labels: dict[str, str] = field(default_factory=dict)
+    cni_plugin: str | None = None  # overrides the cluster's `cniPlugin` on this node
+
+    @property
+    def pod_capacity(self) -> int:
+        """Pod IPs host-local can hand out: the range minus network, broadcast, the gateway."""
+        return ipaddress.ip_network(self.pod_cidr).num_addresses - 3
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,24 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     pod_subnet: str = DEFAULT_POD_SUBNET
     service_subnet: str = DEFAULT_SERVICE_SUBNET
-    cni: str = "host-gw"
+    cni: str = DEFAULT_CNI
     cni_plugin: str = "bridge"  # the main plugin's executable name (CNI `type`)
     kube_proxy_mode: str = "iptables"
+    mtu: int | None = None  # pods' MTU; None: the backend's (1450 over VXLAN, else 1500)
+    bgp_peering: str = "node-mesh"
     source: str | None = None  # file it came from, for error messages
+
+    @property
+    def pod_mtu(self) -> int:
+        return self.mtu if self.mtu is not None else self.backend_mtu
+
+    @property
+    def backend_mtu(self) -> int:
+        """What the backend would choose: the underlay MTU minus its encapsulation overhead."""
+        return UNDERLAY_MTU - VXLAN_OVERHEAD if self.cni == "vxlan" else UNDERLAY_MTU
+
+    def plugin_for(self, node: NodeConfig) -> str:
+        return node.cni_plugin or self.cni_plugin
 
     @property
     def external_ip(self) -> str:
@@ -67,22 +96,35 @@ class ClusterConfig:
                 return n
         raise KeyError(name)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Back to kind's format (plus the lab's own `networking` keys)."""
-        return {
-            "kind": "Cluster",
-            "apiVersion": KIND_API_VERSION,
-            "name": self.name,
-            "nodes": [{"role": n.role, **({"labels": n.labels} if n.labels else {})}
-                      for n in self.nodes],
-            "networking": {
-                "podSubnet": self.pod_subnet,
-                "serviceSubnet": self.service_subnet,
-                "cni": self.cni,
-                "cniPlugin": self.cni_plugin,
-                "kubeProxyMode": self.kube_proxy_mode,
-            },
+    def to_dict(self, stored: bool = False) -> dict[str, Any]:
+        """Back to kind's format (plus the lab's own keys).
+
+        `stored=True` also writes each node's name and underlay IP, so a cluster whose nodes
+        were added or removed keeps every node's identity (`parse_config(..., stored=True)`).
+        """
+        nodes = []
+        for n in self.nodes:
+            d: dict[str, Any] = {"role": n.role}
+            if stored:
+                d.update(name=n.name, ip=n.ip)
+            if n.labels:
+                d["labels"] = n.labels
+            d["podCIDR"] = n.pod_cidr
+            if n.cni_plugin:
+                d["cniPlugin"] = n.cni_plugin
+            nodes.append(d)
+        net: dict[str, Any] = {
+            "podSubnet": self.pod_subnet,
+            "serviceSubnet": self.service_subnet,
+            "cni": self.cni,
+            "cniPlugin": self.cni_plugin,
+            "kubeProxyMode": self.kube_proxy_mode,
+            "bgpPeering": self.bgp_peering,
         }
+        if self.mtu is not None:
+            net["mtu"] = self.mtu
+        return {"kind": "Cluster", "apiVersion": KIND_API_VERSION, "name": self.name,
+                "nodes": nodes, "networking": net}
 
 
 def default_config(name: str = DEFAULT_NAME, workers: int = 2) -> ClusterConfig:
@@ -120,7 +162,8 @@ def _fail(msg: str, source: str | None, fld: str | None = None, fix: str | None 
     raise ConfigError(msg, file=source, obj="Cluster", field=fld, fix=fix)
 
 
-def parse_config(doc: Any, source: str | None = None, name: str | None = None) -> ClusterConfig:
+def parse_config(doc: Any, source: str | None = None, name: str | None = None,
+                 stored: bool = False) -> ClusterConfig:
     if not isinstance(doc, dict):
         _fail("the cluster config must be a mapping", source)
     if doc.get("kind") != "Cluster":
@@ -148,11 +191,12 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None) -
               "nodes")
     roles: list[str] = []
     labels: list[dict[str, str]] = []
+    node_keys = {"role", "labels"} | _IGNORED_NODE | _LAB_NODE | (_STORED_NODE if stored else set())
     for i, n in enumerate(raw_nodes):
         if not isinstance(n, dict):
             _fail("each node must be a mapping", source, f"nodes[{i}]")
         for key in n:
-            if key not in {"role", "labels"} | _IGNORED_NODE:
+            if key not in node_keys:
                 _fail(f"unknown field {key!r}", source, f"nodes[{i}].{key}")
         role = n.get("role", "control-plane")
         if role not in ROLES:
@@ -168,7 +212,8 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None) -
     net = doc.get("networking") or {}
     if not isinstance(net, dict):
         _fail("networking must be a mapping", source, "networking")
-    net_known = {"podSubnet", "serviceSubnet", "cni", "cniPlugin", "kubeProxyMode"} | _IGNORED_NET
+    net_known = ({"podSubnet", "serviceSubnet", "cni", "cniPlugin", "kubeProxyMode", "mtu",
+                  "bgpPeering"} | _IGNORED_NET)
     for key in net:
         if key not in net_known:
             _fail(f"unknown field {key!r}", source, f"networking.{key}")
@@ -187,32 +232,86 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None) -
         _fail(f"podSubnet {pod_subnet} is smaller than one node's /24", source,
               "networking.podSubnet", "use a /24 or larger, e.g. 10.244.0.0/16")
     capacity = 2 ** (24 - pod_subnet.prefixlen)
-    if capacity < len(roles):
+    if capacity < len(roles) and not any("podCIDR" in n for n in raw_nodes):
         _fail(f"podSubnet {pod_subnet} holds {capacity} node /24s but the cluster has "
               f"{len(roles)} nodes", source, "networking.podSubnet",
               "use a larger podSubnet or fewer nodes")
-    cni = net.get("cni", "host-gw")
+    cni = net.get("cni", DEFAULT_CNI)
     if cni not in CNI_BACKENDS:
-        _fail(f"unknown CNI backend {cni!r}; this version supports: {', '.join(CNI_BACKENDS)}",
-              source, "networking.cni")
-    plugin = net.get("cniPlugin", "bridge")
-    if not isinstance(plugin, str) or not plugin:
-        _fail("cniPlugin must be a plugin executable name or path", source,
-              "networking.cniPlugin")
+        _fail(f"unknown CNI backend {cni!r}; choose one of: {', '.join(CNI_BACKENDS)}",
+              source, "networking.cni",
+              "host-gw (routes via each node), vxlan (Flannel's overlay), bgp (Calico-style BIRD)")
+    plugin = _plugin_name(net.get("cniPlugin", "bridge"), source, "networking.cniPlugin")
+    mtu = net.get("mtu")
+    if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
+                            or not 576 <= mtu <= 9000):
+        _fail(f"mtu {mtu!r} must be a whole number of bytes from 576 to 9000", source,
+              "networking.mtu", "leave it out to get the backend's MTU (1450 over VXLAN)")
+    peering = net.get("bgpPeering", "node-mesh")
+    if peering not in BGP_PEERINGS:
+        _fail(f"bgpPeering {peering!r} is not one of {', '.join(BGP_PEERINGS)}", source,
+              "networking.bgpPeering")
     mode = net.get("kubeProxyMode", "iptables")
     if mode not in PROXY_MODES:
         _fail(f"kubeProxyMode {mode!r} is not supported; use one of {', '.join(PROXY_MODES)}",
               source, "networking.kubeProxyMode")
 
     names = naming.node_names(cname, roles)
-    subnets = pod_subnet.subnets(new_prefix=24)
+    cidrs = _node_cidrs(raw_nodes, pod_subnet, source)
     nodes = []
     for i, (nm, role, lab) in enumerate(zip(names, roles, labels, strict=True)):
-        nodes.append(NodeConfig(name=nm, role=role, ip=f"172.18.0.{i + 2}",
-                                pod_cidr=str(next(subnets)), labels=lab))
+        raw = raw_nodes[i]
+        node_plugin = None
+        if "cniPlugin" in raw:
+            node_plugin = _plugin_name(raw["cniPlugin"], source, f"nodes[{i}].cniPlugin")
+        ip = f"172.18.0.{i + 2}"
+        if stored:
+            nm, ip = raw.get("name", nm), raw.get("ip", ip)
+        nodes.append(NodeConfig(name=nm, role=role, ip=ip, pod_cidr=cidrs[i], labels=lab,
+                                cni_plugin=node_plugin))
     return ClusterConfig(name=cname, nodes=tuple(nodes), pod_subnet=str(pod_subnet),
                          service_subnet=str(svc_subnet), cni=cni, cni_plugin=plugin,
-                         kube_proxy_mode=mode, source=source)
+                         kube_proxy_mode=mode, mtu=mtu, bgp_peering=peering, source=source)
+
+
+def _plugin_name(value: Any, source: str | None, fld: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        _fail("a CNI plugin must be an executable name (looked up in CNI_PATH) or a path",
+              source, fld, "e.g. bridge, or /root/my-cni/my-plugin")
+    return value
+
+
+def _node_cidrs(raw_nodes: list[dict[str, Any]], pod_subnet: ipaddress.IPv4Network,
+                source: str | None) -> list[str]:
+    """Each node's pod CIDR: the one it names (checked), else the next free /24."""
+    fixed: dict[int, ipaddress.IPv4Network] = {}
+    for i, raw in enumerate(raw_nodes):
+        if "podCIDR" not in raw:
+            continue
+        fld = f"nodes[{i}].podCIDR"
+        net = _subnet(raw["podCIDR"], source, fld)
+        if not net.subnet_of(pod_subnet):
+            _fail(f"pod CIDR {net} of node {i} does not fit in the cluster's podSubnet "
+                  f"{pod_subnet}", source, fld, f"pick a range inside {pod_subnet}")
+        if not 16 <= net.prefixlen <= 28:
+            _fail(f"pod CIDR {net} must be between a /16 and a /28", source, fld)
+        for j, other in fixed.items():
+            if net.overlaps(other):
+                _fail(f"pod CIDR {net} overlaps node {j}'s {other}", source, fld)
+        fixed[i] = net
+    free = (s for s in pod_subnet.subnets(new_prefix=24)
+            if not any(s.overlaps(f) for f in fixed.values()))
+    out = []
+    for i in range(len(raw_nodes)):
+        if i in fixed:
+            out.append(str(fixed[i]))
+            continue
+        nxt = next(free, None)
+        if nxt is None:
+            _fail(f"podSubnet {pod_subnet} has no free /24 left for node {i}", source,
+                  "networking.podSubnet", "use a larger podSubnet or fewer nodes")
+        out.append(str(nxt))
+    return out
 
 
 def _subnet(value: Any, source: str | None, fld: str) -> ipaddress.IPv4Network:

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from lab_kit import config
-from lab_kit.config import ClusterConfig, default_config, load_config, parse_config_text
+from lab_kit.config import (
+    ClusterConfig,
+    default_config,
+    load_config,
+    parse_config,
+    parse_config_text,
+)
 from lab_kit.errors import ConfigError, LabError
 
 HEAD = "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\n"
@@ -34,7 +40,8 @@ def test_default_config_is_one_control_plane_and_two_workers() -> None:
         ("lab-worker2", "worker")]
     assert c.pod_subnet == "10.244.0.0/16"
     assert c.service_subnet == "10.96.0.0/16"
-    assert c.cni == "host-gw"
+    assert c.cni == "vxlan"  # Flannel's default backend
+    assert c.pod_mtu == 1450
     assert c.cni_plugin == "bridge"
     assert c.kube_proxy_mode == "iptables"
 
@@ -162,7 +169,22 @@ BAD = [
     ("pods-too-small-for-nodes", "networking: {podSubnet: 10.244.0.0/23}\n",
      "networking.podSubnet", "holds 2 node /24s but the cluster has 3 nodes"),
     ("unknown-cni", "networking: {cni: flannel}\n", "networking.cni", "flannel"),
-    ("bad-cni-plugin", "networking: {cniPlugin: ''}\n", "networking.cniPlugin", "cniPlugin"),
+    ("bad-cni-plugin", "networking: {cniPlugin: ''}\n", "networking.cniPlugin", "CNI plugin"),
+    ("bad-node-cni-plugin", "nodes: [{role: control-plane, cniPlugin: 7}]\n",
+     "nodes[0].cniPlugin", "CNI plugin"),
+    ("node-cidr-outside", "nodes: [{role: control-plane, podCIDR: 10.9.0.0/24}]\n",
+     "nodes[0].podCIDR", "does not fit"),
+    ("node-cidr-bad", "nodes: [{role: control-plane, podCIDR: 10.244.1.0/33}]\n",
+     "nodes[0].podCIDR", "not a valid CIDR"),
+    ("node-cidr-too-small", "nodes: [{role: control-plane, podCIDR: 10.244.1.0/30}]\n",
+     "nodes[0].podCIDR", "/28"),
+    ("node-cidrs-overlap", "nodes: [{role: control-plane, podCIDR: 10.244.0.0/23},"
+     " {role: worker, podCIDR: 10.244.1.0/24}]\n", "nodes[1].podCIDR", "overlaps"),
+    ("stored-keys-refused", "nodes: [{role: control-plane, ip: 172.18.0.9}]\n",
+     "nodes[0].ip", "unknown field"),
+    ("mtu-too-small", "networking: {mtu: 100}\n", "networking.mtu", "576"),
+    ("mtu-not-int", "networking: {mtu: big}\n", "networking.mtu", "whole number"),
+    ("bgp-peering", "networking: {bgpPeering: ibgp}\n", "networking.bgpPeering", "ibgp"),
     ("unknown-proxy-mode", "networking: {kubeProxyMode: ipvs}\n",
      "networking.kubeProxyMode", "ipvs"),
     ("upper-case-name", "name: Lab\n", "name", "'Lab'"),
@@ -233,3 +255,39 @@ def test_document_not_a_mapping() -> None:
 def test_name_argument_is_validated_too() -> None:
     e = error_of(HEAD, name="Bad_Name")
     assert e.field == "name"
+
+
+# --- backends, MTU, per-node keys ----------------------------------------------------------
+
+@pytest.mark.parametrize(("cni", "mtu"), [("vxlan", 1450), ("host-gw", 1500), ("bgp", 1500)])
+def test_backend_sets_pod_mtu(cni: str, mtu: int) -> None:
+    c = parse_config_text(HEAD + f"networking: {{cni: {cni}}}\n")
+    assert c.cni == cni and c.pod_mtu == mtu and c.backend_mtu == mtu
+
+
+def test_mtu_override_and_peering() -> None:
+    c = parse_config_text(HEAD + "networking: {mtu: 1500, bgpPeering: route-reflector}\n")
+    assert c.cni == "vxlan" and c.pod_mtu == 1500 and c.backend_mtu == 1450
+    assert c.bgp_peering == "route-reflector"
+
+
+def test_node_pod_cidr_and_plugin() -> None:
+    c = parse_config_text(HEAD + "nodes:\n- role: control-plane\n  podCIDR: 10.244.0.0/24\n"
+                          "- role: worker\n  podCIDR: 10.244.7.0/25\n  cniPlugin: /opt/my\n"
+                          "- role: worker\n")
+    assert [n.pod_cidr for n in c.nodes] == ["10.244.0.0/24", "10.244.7.0/25", "10.244.1.0/24"]
+    assert c.nodes[1].pod_capacity == 125
+    assert c.plugin_for(c.nodes[1]) == "/opt/my" and c.plugin_for(c.nodes[2]) == "bridge"
+
+
+def test_stored_round_trip_keeps_node_identity() -> None:
+    c = parse_config_text(HEAD + "networking: {mtu: 1400, cni: bgp}\n")
+    d = c.to_dict(stored=True)
+    # a node removed from the middle: the others keep their names, IPs and CIDRs
+    del d["nodes"][1]
+    back = parse_config(d, stored=True)
+    assert [(n.name, n.ip, n.pod_cidr) for n in back.nodes] == [
+        (c.nodes[0].name, c.nodes[0].ip, c.nodes[0].pod_cidr),
+        (c.nodes[2].name, c.nodes[2].ip, c.nodes[2].pod_cidr)]
+    assert back.mtu == 1400 and back.cni == "bgp"
+    assert parse_config(c.to_dict(), source=c.source) == c  # the user-facing form too
