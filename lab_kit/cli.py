@@ -5,6 +5,8 @@
     lab-kit get pods -o wide
     lab-kit exec web-… -- ip route
     lab-kit probe web-a web-b:8080
+    lab-kit node add            # join a worker; `lab-kit node remove NAME` takes one away
+    lab-kit birdc lab-worker show route
     lab-kit down
 """
 
@@ -191,6 +193,31 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    if args.action == "add":
+        labels = {}
+        for item in args.label or []:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise LabError(f"--label {item!r}: write it as KEY=VALUE")
+            labels[k] = v
+        info = c.add_node(role=args.role, labels=labels, progress=_say)
+        print(f"node/{info.name} created ({info.ip}, pod CIDR {info.pod_cidr})")
+    else:
+        if not args.node:
+            raise LabError("which node? `lab-kit node remove NODE`")
+        for line in c.remove_node(args.node, progress=_say):
+            print(line)
+    return 0
+
+
+def cmd_birdc(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    print(c.birdc(args.node, " ".join(args.command) or "show protocols"), end="")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from lab_kit.labs import get_lab
     try:
@@ -251,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int)
     p = add("diagram", cmd_diagram, "draw the cluster from live kernel state (Graphviz)")
     p.add_argument("-o", "--output", help="file.svg or file.png; default: DOT text")
+    p = add("node", cmd_node, "add a node to a running cluster, or remove one")
+    p.add_argument("action", choices=["add", "remove"])
+    p.add_argument("node", nargs="?", help="the node to remove")
+    p.add_argument("--role", default="worker", choices=["worker", "control-plane"])
+    p.add_argument("--label", action="append", help="KEY=VALUE node label (add)")
+    p = add("birdc", cmd_birdc, "ask a node's BIRD daemon (bgp backend), e.g. show route")
+    p.add_argument("node")
+    p.add_argument("command", nargs="*", help="birdc command; default: show protocols")
     p = add("check", cmd_check, "run a lab's checks from the terminal", cluster=False)
     p.add_argument("lab")
     p.add_argument("check", nargs="?")

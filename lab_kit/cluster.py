@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab_kit import agnhost, cni, config, kernel, model, naming
+from lab_kit import agnhost, backends, cni, config, kernel, model, naming
 from lab_kit.errors import ConfigError, LabError, NotRunningError
 from lab_kit.kernel import Journal, Runner
 from lab_kit.state import Store, list_clusters, state_root
@@ -174,7 +175,7 @@ class Cluster:
         self.runner = Runner(Journal(self.store.journal_file))
         self._state: dict[str, Any] | None = None
         self._stamp: tuple[int, int, int] | None = None
-        self._config: tuple[float, config.ClusterConfig] | None = None
+        self._config: tuple[tuple[float, int], config.ClusterConfig] | None = None
 
     # life cycle --------------------------------------------------------------------------
 
@@ -197,6 +198,7 @@ class Cluster:
                                f"Cluster.attach({conf.name!r}), or remove it first with "
                                f"`lab-kit down --name {conf.name}`")
             self.down(progress=say)
+        _preflight(conf)  # every plugin and daemon the config names exists, before any change
         leftovers = [n for n in kernel.list_netns() if naming.owns_netns(conf.name, n)]
         if leftovers:  # a crashed run: everything with our prefix is ours to remove
             say(f"removing {len(leftovers)} leftover namespaces of `{conf.name}`")
@@ -216,6 +218,10 @@ class Cluster:
                 say("underlay up (Mininet LinuxBridge s1); configuring nodes")
                 with ThreadPoolExecutor(max_workers=min(8, len(conf.nodes))) as ex:
                     list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
+                if conf.cni == "bgp":
+                    say("waiting for BGP: every node learns every other node's pod CIDR")
+                    waited = backends.wait_bgp(self.runner, conf)
+                    say(f"BGP converged in {waited:.2f} s")
                 state["status"] = "running"
                 self.store.save(state)
             except BaseException:
@@ -283,26 +289,59 @@ class Cluster:
 
     @property
     def config(self) -> config.ClusterConfig:
-        """The cluster's config; it never changes while the cluster lives (keyed on `created`)."""
+        """The cluster's config; only its node list changes while the cluster lives."""
         state = self.state
-        if self._config is None or self._config[0] != state["created"]:
-            self._config = (state["created"],
-                            config.parse_config(state["config"], source=state.get("source"),
-                                                stored=True))
+        key = (state["created"], state.get("configGeneration", 0))
+        if self._config is None or self._config[0] != key:
+            self._config = (key, config.parse_config(state["config"], source=state.get("source"),
+                                                     stored=True))
         return self._config[1]
+
+    def _set_config(self, state: dict[str, Any], conf: config.ClusterConfig) -> None:
+        """Record a changed node list (the only part of the config that can change)."""
+        state["config"] = conf.to_dict(stored=True)
+        state["configGeneration"] = state.get("configGeneration", 0) + 1
+        self.store.save(state)
 
     # nodes -------------------------------------------------------------------------------
 
     def _setup_node(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
         ns = naming.node_netns(n.name)
-        lines = [f"route replace {o.pod_cidr} via {o.ip} dev eth0"
-                 for o in conf.nodes if o.name != n.name]  # host-gw: a route per remote node
         self.runner.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                          "net.ipv4.conf.all.forwarding=1"], ns)
-        self.runner.batch(lines, ns)
+        self._setup_backend(conf, n)
         data_dir = self.store.dir / "cni" / n.name
         cni.write_conflist(data_dir / "10-cbr0.conflist", self._conflist(conf, n))
         self._start_agnhost(n.name)
+
+    def _setup_backend(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
+        """Create the node's backend plumbing, or reconcile it with the current node list."""
+        if conf.cni == "host-gw":
+            backends.setup_hostgw(self.runner, conf, n)
+        elif conf.cni == "vxlan":
+            backends.setup_vxlan(self.runner, conf, n)
+        elif conf.cni == "bgp":
+            paths = self.bird_paths(n.name, conf)
+            changed = backends.write_bird_conf(conf, n, paths)
+            if not paths.socket.exists():
+                backends.start_bird(self.runner, n, paths)
+            elif changed:
+                backends.reconfigure_bird(self.runner, n, paths)
+
+    def bird_paths(self, node: str, conf: config.ClusterConfig | None = None
+                   ) -> backends.BirdPaths:
+        """Where node `node`'s bird.conf, control socket, pid file and log are."""
+        conf = conf or self.config
+        return backends.bird_paths(self.store.dir, self._socket_dir, conf.node(node))
+
+    def birdc(self, node: str, command: str = "show protocols") -> str:
+        """`birdc show protocols` (or any other birdc command) on a node of a BGP cluster."""
+        conf = self.config
+        if conf.cni != "bgp":
+            raise LabError(f"cluster `{self.name}` uses the {conf.cni} backend; BIRD runs only "
+                           "with `networking.cni: bgp`")
+        n = conf.node(self.node(node).name)
+        return backends.birdc(self.runner, n, self.bird_paths(n.name, conf), *command.split())
 
     def _conflist(self, conf: config.ClusterConfig, n: config.NodeConfig) -> dict[str, Any]:
         data_dir = self.store.dir / "cni" / n.name / "ipam"
@@ -349,10 +388,13 @@ class Cluster:
         return SOCKET_ROOT / f"{self.name}-{digest}"
 
     def _control_socket(self, node: str) -> Path:
-        ip = self.config.node(node).ip
-        d = self._socket_dir
-        d.mkdir(parents=True, exist_ok=True)
-        return d / f"n{ip.rsplit('.', 1)[1]}.sock"  # by underlay IP: stable as nodes come and go
+        path = self._control_socket_path(self.config, self.config.node(node))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _control_socket_path(self, conf: config.ClusterConfig, n: config.NodeConfig) -> Path:
+        # by underlay IP, not by position: stable as nodes come and go
+        return self._socket_dir / f"n{n.ip.rsplit('.', 1)[1]}.sock"
 
     def _sync_agnhost(self, node: str) -> None:
         pods = []
@@ -373,10 +415,123 @@ class Cluster:
             errs = "; ".join(f"{k}: {v}" for k, v in resp.get("errors", {}).items())
             raise LabError(f"the test server on node `{node}` could not serve: {errs}")
 
+    def add_node(self, role: str = "worker", labels: dict[str, str] | None = None,
+                 progress: Progress | None = None) -> NodeInfo:
+        """Join a new node (kind-style name, next free underlay IP and pod /24).
+
+        Its netns is wired to the underlay switch `s1` with a veth, as Mininet's addLink does;
+        then every other node's backend is reconciled with the new node list (routes, VXLAN
+        FDB/neighbour entries, or BGP peers).
+        """
+        say = progress or _quiet
+        if role not in config.ROLES:
+            raise ConfigError(f"role {role!r} is not one of {', '.join(config.ROLES)}",
+                              obj="Node", field="role")
+        with self.store.lock():
+            state = self._reload()
+            old = self.config
+            new_node = _next_node(old, role, dict(labels or {}))
+            conf = _with_nodes(old, (*old.nodes, new_node))
+            say(f"adding node {new_node.name} ({new_node.ip}, pods {new_node.pod_cidr})")
+            self._set_config(state, conf)
+            try:
+                self._join_underlay(new_node)
+                self._setup_node(conf, new_node)
+                self._reconcile_nodes(conf, [n for n in conf.nodes if n is not new_node], say)
+            except BaseException:
+                say(f"adding {new_node.name} failed; removing it again")
+                self._drop_node(new_node, old)
+                self._set_config(state, old)
+                self._reconcile_nodes(old, list(old.nodes), say, best_effort=True)
+                raise
+        return self._node_info(new_node)
+
+    def remove_node(self, name: str, progress: Progress | None = None) -> list[str]:
+        """Delete a node: its pods go (a Deployment's are re-created on other nodes), its
+        daemons stop (BIRD withdraws its routes), its netns is deleted, and every other node
+        forgets it. Returns kubectl-style messages."""
+        say = progress or _quiet
+        with self.store.lock():
+            state = self._reload()
+            old = self.config
+            try:
+                gone = old.node(name)
+            except KeyError:
+                raise LabError(f"no node `{name}` in cluster `{self.name}`; nodes: "
+                               f"{', '.join(n.name for n in old.nodes)}") from None
+            rest = tuple(n for n in old.nodes if n.name != name)
+            if not any(n.role == "control-plane" for n in rest):
+                raise LabError(f"`{name}` is the cluster's last control-plane node; a cluster "
+                               "needs one — remove a worker, or `lab-kit down` the cluster")
+            conf = _with_nodes(old, rest)
+            messages = []
+            evicted = sorted(k for k, p in state["pods"].items() if p["node"] == name)
+            if evicted:
+                say(f"deleting the {len(evicted)} pods on {name}")
+                self._execute(Plan(delete_pods=evicted), say)
+                messages += [f'pod "{k.split("/", 1)[1]}" deleted' for k in evicted]
+            if old.cni == "bgp":
+                backends.stop_bird(self.runner, gone, self.bird_paths(name, old))
+            self._drop_node(gone, old)
+            state = self.state
+            self._set_config(state, conf)
+            messages.append(f'node "{name}" deleted')
+            say(f"node {name} removed; reconciling {len(rest)} nodes")
+            self._reconcile_nodes(conf, list(rest), say)
+            # a Deployment keeps its replica count: its pods that were on the node come back
+            deployments = [model.deployment_from_json(d) for d in state["deployments"].values()]
+            if deployments and evicted:
+                objs = [(d, model.Source("<stored Deployments>", 0)) for d in deployments]
+                plan = _plan_apply(state, conf, objs)
+                if plan.create_pods:
+                    say(f"re-creating {len(plan.create_pods)} Deployment pods elsewhere")
+                    self._execute(plan, say)
+                    messages += [f"pod/{p.name} created on {n}" for p, n in plan.create_pods]
+        return messages
+
+    def _node_info(self, n: config.NodeConfig) -> NodeInfo:
+        return NodeInfo(n.name, n.role, n.ip, n.pod_cidr, naming.node_netns(n.name))
+
+    def _join_underlay(self, n: config.NodeConfig) -> None:
+        """A new host on the underlay switch: what Mininet's addHost + addLink build."""
+        ns, under = naming.node_netns(n.name), naming.underlay_netns(self.name)
+        ports = [ln.get("ifname", "") for ln in json.loads(self.runner.run(
+            ["ip", "-j", "link", "show", "master", "s1"], under, record=False).stdout or "[]")]
+        nums = [int(p.rsplit("eth", 1)[1]) for p in ports if p.startswith("s1-eth")
+                and p.rsplit("eth", 1)[1].isdigit()]
+        port = f"s1-eth{max(nums, default=0) + 1}"
+        self.runner.run(["ip", "netns", "add", ns])
+        self.runner.batch([f"link add {port} type veth peer name eth0 netns {ns}",
+                           f"link set {port} master s1", f"link set {port} up"], under)
+        self.runner.batch([f"addr add {n.ip}/16 dev eth0", "link set lo up",
+                           "link set eth0 up"], ns)
+
+    def _drop_node(self, n: config.NodeConfig, conf: config.ClusterConfig) -> None:
+        ns = naming.node_netns(n.name)
+        kill_netns_processes([ns])  # the test server, BIRD, anything a learner started
+        if kernel.netns_exists(ns):
+            # deleting the netns deletes its eth0, and with it the veth's end on s1
+            self.runner.run(["ip", "netns", "del", ns])
+        shutil.rmtree(self.store.dir / "cni" / n.name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._control_socket_path(conf, n).unlink()
+
+    def _reconcile_nodes(self, conf: config.ClusterConfig, nodes: list[config.NodeConfig],
+                         say: Progress, best_effort: bool = False) -> None:
+        def one(n: config.NodeConfig) -> None:
+            try:
+                self._setup_backend(conf, n)
+            except LabError:
+                if not best_effort:
+                    raise
+        _parallel(nodes, one)
+        if conf.cni == "bgp" and not best_effort:
+            waited = backends.wait_bgp(self.runner, conf)
+            say(f"BGP converged in {waited:.2f} s")
+
     def nodes(self) -> list[NodeInfo]:
         conf = self.config
-        return [NodeInfo(n.name, n.role, n.ip, n.pod_cidr, naming.node_netns(n.name))
-                for n in conf.nodes]
+        return [self._node_info(n) for n in conf.nodes]
 
     def node(self, name: str) -> Node:
         for n in self.nodes():
@@ -636,6 +791,52 @@ class Cluster:
     def netns_name(self, pod: str, namespace: str = "default") -> str:
         """The netns name a pod called `pod` gets (for building one by hand in the labs)."""
         return naming.pod_netns(self.name, namespace, pod)
+
+
+def _with_nodes(conf: config.ClusterConfig, nodes: tuple[config.NodeConfig, ...]
+                ) -> config.ClusterConfig:
+    import dataclasses
+    return dataclasses.replace(conf, nodes=nodes)
+
+
+def _next_node(conf: config.ClusterConfig, role: str, labels: dict[str, str]
+               ) -> config.NodeConfig:
+    """A new node as kind would name it, with the lowest free underlay IP and pod /24."""
+    import ipaddress
+    names = {n.name for n in conf.nodes}
+    i = 1
+    while (name := f"{conf.name}-{role}" + ("" if i == 1 else str(i))) in names:
+        i += 1
+    used_ips = {n.ip for n in conf.nodes}
+    ip = next((f"172.18.0.{k}" for k in range(2, config.MAX_NODES + 2)
+               if f"172.18.0.{k}" not in used_ips), None)
+    if ip is None:
+        raise LabError(f"cluster `{conf.name}` already has {config.MAX_NODES} nodes, the most "
+                       "the lab's underlay addressing allows")
+    used = [ipaddress.ip_network(n.pod_cidr) for n in conf.nodes]
+    cidr = next((s for s in ipaddress.ip_network(conf.pod_subnet).subnets(new_prefix=24)
+                 if not any(s.overlaps(u) for u in used)), None)
+    if cidr is None:
+        raise LabError(f"the podSubnet {conf.pod_subnet} has no free /24 for another node")
+    return config.NodeConfig(name=name, role=role, ip=ip, pod_cidr=str(cidr), labels=labels)
+
+
+def _preflight(conf: config.ClusterConfig) -> None:
+    """Fail before any kernel change if a plugin or daemon the config needs is missing."""
+    paths = cni.cni_path()
+    plugins = [("networking.cniPlugin", conf.cni_plugin)]
+    plugins += [(f"nodes[{i}].cniPlugin", n.cni_plugin) for i, n in enumerate(conf.nodes)
+                if n.cni_plugin]
+    for fld, name in plugins + [(None, "host-local"), (None, "loopback")]:
+        try:
+            cni.find_plugin(name, paths)
+        except LabError as e:
+            raise ConfigError(str(e), file=conf.source, obj="Cluster", field=fld,
+                              fix=None if fld else "run scripts/setup.sh") from None
+    if conf.cni == "bgp" and (shutil.which("bird") is None or shutil.which("birdc") is None):
+        raise ConfigError("the bgp backend needs BIRD 2 (bird and birdc), which is not "
+                          "installed", file=conf.source, obj="Cluster", field="networking.cni",
+                          fix="run scripts/setup.sh (it installs Debian's bird2)")
 
 
 def _pod_info(p: dict[str, Any]) -> PodInfo:
