@@ -295,18 +295,21 @@ def _draw_node(g: graphviz.Digraph, m: _Model, v: NetnsView, show_routes: bool) 
 
 
 def _route_note(m: _Model, v: NetnsView, r: Route) -> tuple[str, str]:
-    """(note, colour) for a node's route: host-gw to another node's pods, local pods…"""
+    """(note, colour) for a node's route: host-gw, VXLAN or BGP to another node's pods…"""
     by_ip = {ip: ns for ns, ip in m.node_ip.items()}
     net = _network(r.dst) if r.dst != "default" else None
     owner_of_dst = next((ns for ns, cidr in m.node_cidr.items() if net == cidr), None)
     if r.gateway and r.gateway in by_ip and r.dev == "eth0":
         via = by_ip[r.gateway]
         if owner_of_dst == via:
-            return f"host-gw → pods of {m.owner[via]}", C_HOSTGW
+            how = "BGP (BIRD)" if r.proto == "bird" else "host-gw"
+            return f"{how} → pods of {m.owner[via]}", C_HOSTGW
         if owner_of_dst is not None:
             return (f"⚠ {r.dst} is {m.owner[owner_of_dst]}'s, not {m.owner[via]}'s",
                     C_WARN)
         return f"via node {m.owner[via]}", C_HOSTGW
+    if r.dev == "flannel.1" and owner_of_dst is not None and owner_of_dst != v.name:
+        return f"VXLAN → pods of {m.owner[owner_of_dst]}", C_HOSTGW
     if owner_of_dst == v.name and r.gateway is None:
         return "this node's pods", C_MUTED
     if owner_of_dst is not None and r.gateway is None and r.dev not in (None, "eth0"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 
 import lab_kit
-from lab_kit import kernel, naming
+from lab_kit import config, kernel, naming
 from lab_kit.cluster import Cluster
 from lab_kit.errors import NotRunningError
+from lab_kit.pytest_plugin import unique_name
 
 pytestmark = pytest.mark.root
 
@@ -181,7 +183,8 @@ def test_pod_ips_and_routes_match_the_kernel(lab_cluster_factory) -> None:
 
 
 def test_host_gw_routes_on_every_node(lab_cluster_factory) -> None:
-    c = lab_cluster_factory()
+    conf = config.default_config(unique_name())
+    c = lab_cluster_factory(dataclasses.replace(conf, cni="host-gw"))
     nodes = c.nodes()
     assert [n.netns for n in nodes] == [f"lk-{n.name}" for n in nodes]
     for n in nodes:

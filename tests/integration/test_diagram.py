@@ -60,7 +60,7 @@ def test_diagram(lab_cluster_factory: Any) -> None:
     for name, addr in ips.items():
         assert addr in src, name
     assert "10.244.2.200/24" in src and "made by hand" in src
-    assert "host-gw → pods of" in src
+    assert "VXLAN → pods of" in src  # the default backend
     pair_edges = [ln for ln in c.diagram(show_routes=False).source.splitlines()
                   if "->" in ln and "penwidth=2.5" in ln]
     assert len(pair_edges) == len(snap.pairs)
