@@ -218,6 +218,9 @@ class Cluster:
                 say("underlay up (Mininet LinuxBridge s1); configuring nodes")
                 with ThreadPoolExecutor(max_workers=min(8, len(conf.nodes))) as ex:
                     list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
+                self._wait_links_up([naming.underlay_netns(conf.name)] + [
+                    naming.node_netns(n.name) for n in conf.nodes] + [
+                    naming.external_netns(conf.name)])
                 if conf.cni == "bgp":
                     say("waiting for BGP: every node learns every other node's pod CIDR")
                     waited = backends.wait_bgp(self.runner, conf)
@@ -436,6 +439,8 @@ class Cluster:
             self._set_config(state, conf)
             try:
                 self._join_underlay(new_node)
+                self._wait_links_up([naming.node_netns(new_node.name),
+                                     naming.underlay_netns(self.name)])
                 self._setup_node(conf, new_node)
                 self._reconcile_nodes(conf, [n for n in conf.nodes if n is not new_node], say)
             except BaseException:
@@ -695,6 +700,7 @@ class Cluster:
                                 "ip": cni.result_ipv4(result), "netns": net, "uid": uid,
                                 "containerID": cid, "cniResult": result,
                                 "created": time.time()}
+            self._wait_bridge_up(node_ns)
         except BaseException:
             self._remove_pods(node, list(out.values()), best_effort=True)
             leftover = [n for n in nets if n not in {p["netns"] for p in out.values()}]
@@ -702,6 +708,36 @@ class Cluster:
                               None, check=False)
             raise
         return out
+
+    def _wait_bridge_up(self, node_ns: str) -> None:
+        """Wait until the node's cni0 has carrier (see `_wait_links_up`)."""
+        self._wait_links_up([node_ns], only="cni0")
+
+    def _wait_links_up(self, netns: list[str], only: str | None = None,
+                       timeout: float = 3.0) -> None:
+        """Wait until every up link in `netns` is operationally UP.
+
+        The kernel finishes bringing a link up (carrier on, a real qdisc instead of the one
+        that drops everything) in its link-watch work, which for a bridge, or a veth whose
+        peer has the same ifindex in another netns, runs up to a second later. Until then
+        packets sent out of the link vanish, and a first connection would wait for a
+        retransmission: the lab waits instead, so "Running" means reachable.
+        """
+        deadline = time.monotonic() + timeout
+        pending = list(netns)
+        while pending and time.monotonic() < deadline:
+            still = []
+            for ns in pending:
+                argv = ["ip", "-j", "link", "show"] + (["dev", only] if only else [])
+                done = self.runner.run(argv, ns, check=False, record=False)
+                links = json.loads(done.stdout) if done.rc == 0 and done.stdout.strip() else []
+                if any("UP" in ln.get("flags", []) and ln.get("operstate") not in
+                       ("UP", "UNKNOWN") and "NO-CARRIER" not in ln.get("flags", [])
+                       for ln in links):
+                    still.append(ns)
+            pending = still
+            if pending:
+                time.sleep(0.02)
 
     def _remove_pods(self, node: str, pods: list[dict[str, Any]], best_effort: bool = False
                      ) -> None:

@@ -109,7 +109,11 @@ def processes_with(text: str) -> list[int]:
 
 
 def _lab_processes() -> list[str]:
-    return [f"pid {pid}: python -m lab_kit.agnhost" for pid in processes_with("lab_kit.agnhost")]
+    """The lab's daemons: test servers, and BIRD (its control socket is under the socket dir)."""
+    out = [f"pid {pid}: python -m lab_kit.agnhost" for pid in processes_with("lab_kit.agnhost")]
+    out += [f"pid {pid}: bird" for pid in processes_with("/run/lab_kit-sock/")
+            if pid not in processes_with("lab_kit.agnhost")]
+    return sorted(set(out))
 
 
 def unique_name(prefix: str = "t") -> str:
