@@ -510,6 +510,7 @@ class Cluster:
                            f"link set {port} master s1", f"link set {port} up"], under)
         self.runner.batch([f"addr add {n.ip}/16 dev eth0", "link set lo up",
                            "link set eth0 up"], ns)
+        _tune_underlay_arp(self.runner, ns)
 
     def _drop_node(self, n: config.NodeConfig, conf: config.ClusterConfig) -> None:
         ns = naming.node_netns(n.name)
@@ -1110,6 +1111,7 @@ def _build_underlay(runner: Runner, conf: config.ClusterConfig) -> None:
         # Mininet sometimes leaves a host's eth0 down for a while; bring every end up now
         for _name, _ip, ns in members:
             runner.run(["ip", "link", "set", "eth0", "up"], ns)
+            _tune_underlay_arp(runner, ns)
     finally:
         # Mininet's shells are no longer needed: the named netns keep the namespaces alive.
         # terminate() is Mininet's own undo (SIGHUP the shell, close its pty, wait for it).
@@ -1119,6 +1121,16 @@ def _build_underlay(runner: Runner, conf: config.ClusterConfig) -> None:
                     node.terminate()
                 with contextlib.suppress(Exception):
                     node.stdout.close()  # the pty's master end, which terminate() leaves open
+
+
+def _tune_underlay_arp(runner: Runner, netns: str) -> None:
+    """Retry an unanswered ARP on the underlay after 0.1 s instead of 1 s.
+
+    On a freshly built underlay the very first ARP request between two hosts is sometimes
+    lost; the packet waiting for the answer (a pod's SYN, say) then waits for the kernel's
+    ARP retry. This is a per-namespace setting of the node's eth0; the host is untouched.
+    """
+    runner.run(["sysctl", "-q", "-w", "net.ipv4.neigh.eth0.retrans_time_ms=100"], netns)
 
 
 # --- probing ---------------------------------------------------------------------------------
