@@ -7,6 +7,7 @@
     lab-kit probe web-a web-b:8080
     lab-kit node add            # join a worker; `lab-kit node remove NAME` takes one away
     lab-kit birdc lab-worker show route
+    lab-kit capture lab-worker2 -i eth0 udp port 8472 --probe web-a web-b:8080
     lab-kit down
 """
 
@@ -218,6 +219,44 @@ def cmd_birdc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    during = None
+    if args.probe:
+        src, dst = args.probe
+        port = None
+        if ":" in dst:
+            dst, p = dst.rsplit(":", 1)
+            if not p.isdigit():
+                raise LabError(f"port {p!r} in {args.probe[1]!r} is not a number")
+            port = int(p)
+
+        def during():
+            return c.probe(src, dst, port, protocol=args.protocol)
+    seconds = args.seconds if (args.seconds is not None or args.probe) else None
+    if args.probe and args.seconds is None:
+        seconds = 2.0
+    if seconds is None and args.count is None:
+        _say("capturing until Ctrl-C (or give -c N / --seconds S)")
+    cap = c.capture(args.where, interface=args.interface, filter=" ".join(args.filter),
+                    count=args.count, seconds=seconds, during=during)
+    _say(f"$ {cap.shell_command}")
+    _say(f"{len(cap)} packets in {cap.pcap}")
+    if cap.result is not None:
+        _say(str(cap.result))
+    if args.write:
+        _say(f"saved {cap.save(args.write)}")
+    if args.output == "json":
+        print(json.dumps(cap.to_dicts(), indent=1))
+    elif args.tcpdump:
+        print(cap.tcpdump_text(), end="")
+    elif args.layers is not None:
+        print(cap.layers(args.layers))
+    else:
+        print(cap.summary())
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from lab_kit.labs import get_lab
     try:
@@ -286,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("birdc", cmd_birdc, "ask a node's BIRD daemon (bgp backend), e.g. show route")
     p.add_argument("node")
     p.add_argument("command", nargs="*", help="birdc command; default: show protocols")
+    p = add("capture", cmd_capture, "tcpdump in a node, pod or `external`, decoded layer by "
+            "layer (VXLAN included)")
+    p.add_argument("where", help="node, pod or `external`")
+    p.add_argument("filter", nargs="*", help="BPF filter, as for tcpdump (e.g. udp port 8472)")
+    p.add_argument("-i", "--interface", default="any", help="eth0 on a node shows the underlay")
+    p.add_argument("-c", "--count", type=int, help="stop after N packets")
+    p.add_argument("--seconds", type=float, help="stop after S seconds")
+    p.add_argument("--probe", nargs=2, metavar=("SRC", "DST[:PORT]"),
+                   help="open a connection while capturing")
+    p.add_argument("--protocol", default="TCP", choices=["TCP", "UDP", "tcp", "udp"])
+    p.add_argument("--layers", type=int, metavar="N", help="print packet N header by header")
+    p.add_argument("--tcpdump", action="store_true", help="print tcpdump -nn -e -v's decoding")
+    p.add_argument("-w", "--write", metavar="FILE", help="copy the pcap to FILE")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p = add("check", cmd_check, "run a lab's checks from the terminal", cluster=False)
     p.add_argument("lab")
     p.add_argument("check", nargs="?")
@@ -294,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.cmd == "capture" and not any(e.startswith("-") for e in extra):
+        args.filter += extra  # filter words after the options, as tcpdump allows
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except LabError as e:

@@ -814,6 +814,21 @@ class Cluster:
             entries = entries[-last:]
         return JournalView(entries)
 
+    def capture(self, where: str | Shell, *, interface: str = "any", filter: str = "",
+                count: int | None = None, seconds: float | None = 2.0,
+                during: Callable[[], Any] | None = None, settle: float = 0.3,
+                snaplen: int | None = None):  # -> lab_kit.capture.Capture
+        """tcpdump in a node's, pod's or the external host's netns, decoded layer by layer.
+
+            cap = c.capture("lab-worker2", interface="eth0", filter="udp port 8472",
+                            during=lambda: c.probe("web-a", "web-b"))
+            cap            # in a notebook: a table of packets, outer and inner headers
+            cap.layers(0)  # one packet, header by header, with each header's size
+        """
+        from lab_kit import capture
+        return capture.capture(self, where, interface=interface, filter=filter, count=count,
+                               seconds=seconds, during=during, settle=settle, snaplen=snaplen)
+
     def diagram(self, show_routes: bool = True):  # -> graphviz.Digraph
         from lab_kit import observe, viz
         return viz.cluster_diagram(observe.snapshot(self), show_routes=show_routes)
