@@ -169,3 +169,54 @@ def test_up_refuses_an_existing_cluster_and_changes_nothing(busy: Cluster) -> No
     with pytest.raises(Exception, match="already exists"):
         Cluster.up(name=busy.name, root=busy.root)
     assert snapshot(busy) == before
+
+
+# --- backends and plugins: refused before anything is built --------------------------------
+
+def _up_error(state_dir: Path, tmp_path: Path, body: str) -> tuple[ConfigError, str, Path]:
+    name = unique_name()
+    f = tmp_path / "cluster.yaml"
+    f.write_text(f"kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nname: {name}\n{body}")
+    with pytest.raises(ConfigError) as ei:
+        Cluster.up(f, root=state_dir)
+    assert [n for n in kernel.list_netns() if naming.owns_netns(name, n)] == []
+    assert list(state_dir.iterdir()) == []
+    return ei.value, name, f
+
+
+@pytest.mark.parametrize(("body", "fld", "fragment"), [
+    ("networking: {cni: weave}\n", "networking.cni", "unknown CNI backend 'weave'"),
+    ("networking: {cni: host-gw, cniPlugin: no-such-plugin}\n", "networking.cniPlugin",
+     "not found"),
+    ("nodes:\n- role: control-plane\n- role: worker\n  cniPlugin: /nonexistent/my-cni\n",
+     "nodes[1].cniPlugin", "not found"),
+    ("nodes:\n- role: control-plane\n- role: worker\n  podCIDR: 10.99.0.0/24\n",
+     "nodes[1].podCIDR", "does not fit"),
+], ids=["unknown-backend", "missing-plugin", "missing-node-plugin", "pod-cidr-outside"])
+def test_bad_backend_or_plugin_builds_nothing(state_dir: Path, tmp_path: Path, body: str,
+                                              fld: str, fragment: str) -> None:
+    e, _, f = _up_error(state_dir, tmp_path, body)
+    assert (e.file, e.obj, e.field) == (str(f), "Cluster", fld)
+    assert fragment in str(e)
+
+
+def test_plugin_that_is_not_executable_builds_nothing(state_dir: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "my-cni"
+    plugin.write_text("#!/bin/sh\nexit 0\n")
+    plugin.chmod(0o644)
+    e, _, _ = _up_error(state_dir, tmp_path, f"networking: {{cniPlugin: {plugin}}}\n")
+    assert e.field == "networking.cniPlugin"
+    assert "not executable" in str(e) and "chmod +x" in str(e)
+
+
+def test_bad_node_operations_change_nothing(busy: Cluster) -> None:
+    before = snapshot(busy)
+    with pytest.raises(Exception, match="no node `nope`"):
+        busy.remove_node("nope")
+    with pytest.raises(ConfigError, match="role 'boss'"):
+        busy.add_node(role="boss")
+    with pytest.raises(Exception, match="last control-plane"):
+        busy.remove_node(f"{busy.name}-control-plane")
+    with pytest.raises(Exception, match="BIRD runs only"):
+        busy.birdc(f"{busy.name}-worker")
+    assert snapshot(busy) == before

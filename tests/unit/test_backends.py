@@ -126,3 +126,17 @@ def test_bird_conf_follows_node_list() -> None:
     c = conf("cni: bgp")
     fewer = dataclasses.replace(c, nodes=c.nodes[:2])
     assert "Mesh_172_18_0_4" not in backends.render_bird_conf(fewer, fewer.nodes[1])
+
+
+def test_bgp_without_bird_is_refused_before_anything_is_built(monkeypatch) -> None:
+    from lab_kit import cluster
+    from lab_kit.errors import ConfigError
+
+    real = shutil.which
+    monkeypatch.setattr(cluster.shutil, "which",
+                        lambda name: None if name.startswith("bird") else real(name))
+    monkeypatch.setattr(cluster.cni, "find_plugin", lambda name, paths: f"/x/{name}")
+    with pytest.raises(ConfigError) as ei:
+        cluster._preflight(conf("cni: bgp"))
+    assert ei.value.field == "networking.cni" and "bird2" in str(ei.value)
+    cluster._preflight(conf("cni: vxlan"))  # the other backends need no daemon
