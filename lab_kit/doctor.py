@@ -65,6 +65,8 @@ BINARIES: tuple[tuple[str, str], ...] = (
     ("nsenter", "util-linux"),
     ("socat", "socat"),
     ("iperf3", "iperf3"),
+    ("bird", "bird2"),
+    ("birdc", "bird2"),
     ("dot", "graphviz"),
     ("brctl", "bridge-utils"),
     ("ifconfig", "net-tools"),
