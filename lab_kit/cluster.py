@@ -192,13 +192,13 @@ class Cluster:
             conf = config.load_config(cfg, name=name)
         self = cls(conf.name, Path(root) if root else None)
         say = progress or _quiet
+        _preflight(conf)  # every plugin and daemon the config names exists, before any change
         if self.store.exists():
             if not replace:
                 raise LabError(f"cluster `{conf.name}` already exists — use it with "
                                f"Cluster.attach({conf.name!r}), or remove it first with "
                                f"`lab-kit down --name {conf.name}`")
             self.down(progress=say)
-        _preflight(conf)  # every plugin and daemon the config names exists, before any change
         leftovers = [n for n in kernel.list_netns() if naming.owns_netns(conf.name, n)]
         if leftovers:  # a crashed run: everything with our prefix is ours to remove
             say(f"removing {len(leftovers)} leftover namespaces of `{conf.name}`")
@@ -697,10 +697,15 @@ class Cluster:
                 cni.add(self.runner, node_ns, cni.LOOPBACK_CONF, cni.Attachment(cid, net, "lo"),
                         paths)
                 result = cni.add(self.runner, node_ns, conflist, att, paths)
-                out[pod.key] = {"spec": model.pod_to_json(pod), "node": node,
-                                "ip": cni.result_ipv4(result), "netns": net, "uid": uid,
-                                "containerID": cid, "cniResult": result,
-                                "created": time.time()}
+                try:
+                    ip = cni.result_ipv4(result)
+                except LabError:  # ADD "succeeded" without an address: undo it, per the spec
+                    with contextlib.suppress(LabError):
+                        cni.delete(self.runner, node_ns, conflist, att, paths, result)
+                    raise
+                out[pod.key] = {"spec": model.pod_to_json(pod), "node": node, "ip": ip,
+                                "netns": net, "uid": uid, "containerID": cid,
+                                "cniResult": result, "created": time.time()}
             self._wait_bridge_up(node_ns)
         except BaseException:
             self._remove_pods(node, list(out.values()), best_effort=True)

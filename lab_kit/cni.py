@@ -9,6 +9,7 @@ create the pod's interface in CNI_NETNS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -46,16 +47,27 @@ def cni_path(extra: list[str] | None = None) -> list[str]:
 
 
 def find_plugin(ptype: str, paths: list[str]) -> str:
+    """The executable for plugin `ptype`: a name looked up in `paths` (CNI_PATH), or a path.
+
+    A path may start with `~` (the home directory of whoever runs the lab), so a cluster config
+    can name a learner's own plugin, e.g. `~/lab_kit-work/my-cni`.
+    """
     if "/" in ptype:
-        candidates = [ptype]
+        candidates = [os.path.expanduser(ptype)]
     else:
         candidates = [os.path.join(d, ptype) for d in paths]
     for c in candidates:
         if os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     for c in candidates:
+        if os.path.isdir(c):
+            raise LabError(f"CNI plugin `{ptype}` at {c} is a directory, not an executable "
+                           "file — name the plugin file itself")
         if os.path.exists(c):
             raise LabError(f"CNI plugin `{ptype}` at {c} is not executable — chmod +x it")
+    if "/" in ptype:
+        raise LabError(f"CNI plugin `{ptype}` not found: there is no file {candidates[0]} — "
+                       "write the plugin there (and chmod +x it) or fix the path")
     raise LabError(f"CNI plugin `{ptype}` not found in {':'.join(paths) or '(empty CNI_PATH)'}"
                    " — install containernetworking-plugins or fix the plugin name")
 
@@ -91,16 +103,24 @@ LOOPBACK_CONF: dict[str, Any] = {"cniVersion": CNI_VERSION, "name": "cni-loopbac
                                  "plugins": [{"type": "loopback"}]}
 
 
-def invoke(runner: Runner, node_netns: str, plugin_conf: dict[str, Any], command: str,
-           att: Attachment, *, name: str, paths: list[str],
-           prev_result: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Execute one plugin for one attachment. Returns its result JSON (None for DEL)."""
-    exe = find_plugin(plugin_conf["type"], paths)
+def request_config(plugin_conf: dict[str, Any], name: str,
+                   prev_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What one plugin of a conflist gets on stdin: its own object, plus the network's
+    `cniVersion` and `name` and, after the first ADD of a chain, CHECK and DEL, `prevResult`."""
     conf = dict(plugin_conf)
     conf["cniVersion"] = CNI_VERSION
     conf["name"] = name
     if prev_result is not None:
         conf["prevResult"] = prev_result
+    return conf
+
+
+def invoke(runner: Runner, node_netns: str, plugin_conf: dict[str, Any], command: str,
+           att: Attachment, *, name: str, paths: list[str],
+           prev_result: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Execute one plugin for one attachment. Returns its result JSON (None for DEL)."""
+    exe = find_plugin(plugin_conf["type"], paths)
+    conf = request_config(plugin_conf, name, prev_result)
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": att.container_id,
            "CNI_NETNS": netns_path(att.netns), "CNI_IFNAME": att.ifname,
            "CNI_PATH": ":".join(paths)}
@@ -130,10 +150,18 @@ def _cni_error(plugin: str, command: str, e: CommandError) -> CniError:
 
 def add(runner: Runner, node_netns: str, conflist: dict[str, Any], att: Attachment,
         paths: list[str]) -> dict[str, Any]:
+    """ADD through the chain. If any plugin fails, DEL runs for the whole chain (best effort)
+    before the error is raised: the spec's runtime must DEL after every ADD, even a failed one,
+    so a plugin that failed half-way can release its address and links."""
     result: dict[str, Any] | None = None
-    for pconf in conflist["plugins"]:
-        result = invoke(runner, node_netns, pconf, "ADD", att, name=conflist["name"],
-                        paths=paths, prev_result=result)
+    try:
+        for pconf in conflist["plugins"]:
+            result = invoke(runner, node_netns, pconf, "ADD", att, name=conflist["name"],
+                            paths=paths, prev_result=result)
+    except CniError:
+        with contextlib.suppress(LabError):
+            delete(runner, node_netns, conflist, att, paths)
+        raise
     assert result is not None
     return result
 

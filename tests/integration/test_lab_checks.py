@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from lab_kit import kernel, naming
+from lab_kit import config, kernel, naming
 from lab_kit.checks import Lab, Results
 from lab_kit.cluster import Cluster, sweep
 from lab_kit.labs import LABS, get_lab
@@ -45,7 +45,20 @@ STEPS: dict[str, list[tuple[str, list[str]]]] = {
     "02-pods-on-one-node": [("bridge", ["bridge"]), ("pods", ["ports", "addresses", "a-to-b"]),
                             ("arp", ["arp"]), ("cni", ["cni-pods"]),
                             ("which-veth", ["which-veth"])],
+    "06-write-a-cni-plugin": [("protocol", ["version", "errors"]), ("add", ["add"]),
+                              ("apply", ["pods"]), ("del", ["del"]),
+                              ("check", ["check", "conformance"])],
 }
+
+
+def before_up(lab_id: str) -> None:
+    """What the notebook's setup cell does before Cluster.up (keep in step with the notebook)."""
+    if lab_id == "06-write-a-cni-plugin":
+        from lab_kit.labs.cni_plugin import install_launcher, parts_dir
+        conf = config.load_config("clusters/cniplugin.yaml")
+        plugin = install_launcher(conf.node("cniplugin-worker2").cni_plugin)
+        for part in parts_dir(plugin).glob("*.py"):  # no part written yet
+            part.unlink()
 
 
 def notebook_names(lab_id: str, c: Cluster) -> dict[str, Any]:
@@ -62,6 +75,12 @@ def notebook_names(lab_id: str, c: Cluster) -> dict[str, Any]:
         ns.update(NODE=c.node(worker.name), PREFIX=subnet.prefixlen, GATEWAY=str(subnet[1]),
                   A=c.netns_name("a"), B=c.netns_name("b"), A_IP=str(subnet[10]),
                   B_IP=str(subnet[11]), NODE2=c.node("bridge-worker2"))
+    elif lab_id == "06-write-a-cni-plugin":
+        from lab_kit.labs.cni_plugin import parts_dir, pod_manifest
+        plugin = Path(c.config.node("cniplugin-worker2").cni_plugin).expanduser()
+        c.apply([pod_manifest("by-bridge", "cniplugin-worker")])
+        ns.update(PLUGIN=plugin, PARTS=parts_dir(plugin), pod_manifest=pod_manifest,
+                  NODE=c.node("cniplugin-worker"), NODE2=c.node("cniplugin-worker2"))
     return ns
 
 
@@ -71,6 +90,7 @@ class Driver:
     def __init__(self, lab_id: str) -> None:
         self.lab_id = lab_id
         self.lab: Lab = get_lab(lab_id)
+        before_up(lab_id)
         self.c = Cluster.up(f"clusters/{self.lab.cluster_name}.yaml", replace=True)
         self.ns = notebook_names(lab_id, self.c)
         self.solutions = lab_notebooks.solutions(lab_id)
@@ -97,6 +117,7 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable
     state = Path(tempfile.mkdtemp(prefix="lkit"))  # short: unix socket paths live in here
     monkeypatch.setenv("LAB_KIT_STATE_DIR", str(state))
     monkeypatch.setenv("LAB_KIT_PROGRESS", str(tmp_path / "progress.json"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # lab 06's plugin: ~/lab_kit-work/my-cni
     monkeypatch.chdir(lab_notebooks.LABS_DIR)
     made: list[Driver] = []
 

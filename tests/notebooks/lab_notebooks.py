@@ -68,3 +68,10 @@ def with_solutions(nb: nbformat.NotebookNode, sols: dict[str, str]) -> nbformat.
 
 def code_sources(nb: nbformat.NotebookNode) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def python_source(source: str) -> str:
+    """A cell's source as plain Python, the way IPython runs it: a `%%writefile` cell (lab 06's
+    exercises) becomes a call of the magic, so `ast` can parse every cell."""
+    from IPython.core.inputtransformer2 import TransformerManager
+    return TransformerManager().transform_cell(source)

@@ -45,6 +45,7 @@ def _errors(nb) -> list[str]:
 def _execute(nb, lab_id: str, tmp_path, monkeypatch, allow_errors: bool):
     progress = tmp_path / "progress.json"
     monkeypatch.setenv("LAB_KIT_PROGRESS", str(progress))
+    monkeypatch.setenv("HOME", str(tmp_path))  # lab 06 writes its plugin to ~/lab_kit-work
     # short: the per-node control sockets live in here, and a unix socket path has < 108 bytes
     state = Path(tempfile.mkdtemp(prefix="lknb"))
     monkeypatch.setenv("LAB_KIT_STATE_DIR", str(state))

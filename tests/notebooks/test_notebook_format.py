@@ -21,6 +21,7 @@ from lab_notebooks import (
     code_sources,
     exercise_cells,
     exercise_id,
+    python_source,
     read_notebook,
     solutions,
 )
@@ -67,7 +68,7 @@ def test_exercises_match_solutions(lab_id):
         assert cell.cell_type == "code"
         assert "exercise" in cell.metadata.get("tags", []), f"{ex}: not tagged `exercise`"
         assert "# YOUR CODE HERE" in cell.source, f"{ex}: the stub has no `# YOUR CODE HERE`"
-        ast.parse(cell.source)  # the stub runs as it is
+        ast.parse(python_source(cell.source))  # the stub runs as it is
         ast.parse(sols[ex])
 
 
@@ -75,7 +76,7 @@ def _run_calls(sources: list[str]) -> list[tuple[str | None, int]]:
     """(check name or None for all checks, cell index) for every LAB.run(...) call."""
     calls = []
     for i, src in enumerate(sources):
-        for node in ast.walk(ast.parse(src)):
+        for node in ast.walk(ast.parse(python_source(src))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr == "run" and isinstance(node.func.value, ast.Name)
                     and node.func.value.id == "LAB"):
