@@ -154,6 +154,9 @@ class Snapshot:
     ambiguous: list[End] = field(default_factory=list)
     state_pods: dict[str, str] = field(default_factory=dict)  # pod netns -> node netns (state)
     seconds: float = 0.0
+    # node netns -> its pod CIDR as allocated (a node's spec.podCIDR); cni0 exists only once a
+    # pod runs there, so routes to a node without pods are labelled from this
+    node_cidrs: dict[str, str] = field(default_factory=dict)
 
     def view(self, netns: str) -> NetnsView | None:
         for v in self.views:
@@ -417,11 +420,13 @@ def snapshot(cluster: Cluster, workers: int = WORKERS) -> Snapshot:
     name = cluster.name
     nets = [n for n in kernel.list_netns() if naming.owns_netns(name, n)]
     try:
-        nodes = [n.name for n in cluster.nodes()]
+        infos = cluster.nodes()
+        nodes = [n.name for n in infos]
+        node_cidrs = {n.netns: n.pod_cidr for n in infos if getattr(n, "pod_cidr", None)}
         state_pods = {p.netns: naming.node_netns(p.node) for p in cluster.pods()}
     except LabError:  # no state (e.g. removed by hand): name nodes by the netns alone
         nodes = _guess_nodes(name, nets)
-        state_pods = {}
+        state_pods, node_cidrs = {}, {}
     roles = {n: classify(name, n, nodes) for n in nets}
 
     def read(n: str) -> NetnsView | None:
@@ -445,4 +450,4 @@ def snapshot(cluster: Cluster, workers: int = WORKERS) -> Snapshot:
     m = match_veth_pairs({v.name: v.links for v in views},
                          {v.name: v.nsid_map() for v in views}, state_pods)
     return Snapshot(name, views, m.pairs, m.dangling, m.ambiguous, state_pods,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, node_cidrs)

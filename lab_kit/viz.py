@@ -90,10 +90,13 @@ class _Model:
             if eth0 is not None and eth0.ip:
                 self.node_ip[v.name] = eth0.ip
             cni0 = v.link("cni0")
+            net = None
             if cni0 is not None and cni0.addresses:
                 net = _network(cni0.addresses[0])
-                if net is not None:
-                    self.node_cidr[v.name] = net
+            if net is None and v.name in snap.node_cidrs:  # no pod there yet: no cni0
+                net = _network(snap.node_cidrs[v.name])
+            if net is not None:
+                self.node_cidr[v.name] = net
         self.owner = {v.name: v.owner for v in snap.views}
         # pods: placed by their live veth pair, else by the stored state, else "detached"
         self.pods_on: dict[str, list[NetnsView]] = {v.name: [] for v in self.nodes}

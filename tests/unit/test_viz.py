@@ -358,3 +358,20 @@ def test_unreadable_netns_is_shown_not_fatal() -> None:
     snap = make_snapshot(vs)
     assert "could not read: nsenter: permission denied" in viz.cluster_diagram(snap).source
     assert "   could not read: nsenter: permission denied" in viz.snapshot_table(snap)
+
+
+def test_routes_to_a_node_without_pods_are_named_from_its_pod_cidr() -> None:
+    import dataclasses
+    vs = []
+    for v in views():
+        routes = tuple(dataclasses.replace(r, proto="bird") if r.gateway else r
+                       for r in v.routes)
+        if v.name == "lk-c-worker2":  # as if no pod ran there yet: no cni0
+            v = dataclasses.replace(v, links=tuple(ln for ln in v.links if ln.name != "cni0"))
+        vs.append(dataclasses.replace(v, routes=routes))
+    snap = make_snapshot(vs)
+    assert "BGP (BIRD) → pods of c-worker2" not in viz.cluster_diagram(snap).source
+    snap = dataclasses.replace(snap, node_cidrs={"lk-c-worker": "10.244.1.0/24",
+                                                 "lk-c-worker2": "10.244.2.0/24"})
+    src = viz.cluster_diagram(snap).source
+    assert "BGP (BIRD) → pods of c-worker2" in src and "BGP (BIRD) → pods of c-worker" in src
