@@ -137,7 +137,20 @@ def _explain(results: Results) -> str:
     return "\n".join(r.summary() for r in results)
 
 
-@pytest.mark.parametrize("lab_id", list(LABS))
+# labs whose exercises need setup beyond this driver (a session broken on purpose, a fault
+# injected by the notebook) have a test file of their own, test_lab_<name>.py
+OWN_TESTS = {"03-routing-between-nodes": "test_lab_host_gw.py",
+             "04-vxlan-overlay": "test_lab_vxlan.py",
+             "05-bgp-like-calico": "test_lab_bgp.py"}
+
+
+def test_every_lab_has_check_tests() -> None:
+    here = Path(__file__).resolve().parent
+    for lab_id in LABS:
+        assert lab_id in STEPS or (here / OWN_TESTS.get(lab_id, "-")).is_file(), lab_id
+
+
+@pytest.mark.parametrize("lab_id", [lab for lab in LABS if lab in STEPS])
 def test_exercise_checks_fail_before_and_pass_after_the_solution(lab_id, driver):
     d = driver(lab_id)
     exercise_checks = {n for n, c in d.lab.checks.items() if c.exercise}
