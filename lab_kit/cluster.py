@@ -216,11 +216,18 @@ class Cluster:
                 say(f"creating cluster `{conf.name}`: {len(conf.nodes)} nodes + external host")
                 _build_underlay(self.runner, conf)
                 say("underlay up (Mininet LinuxBridge s1); configuring nodes")
+
+                def underlay_ready() -> None:
+                    self._wait_links_up([naming.underlay_netns(conf.name)], carrier=True)
+                    self._wait_links_up([naming.node_netns(n.name) for n in conf.nodes] + [
+                        naming.external_netns(conf.name)], only="eth0", carrier=True)
+                if conf.cni == "bgp":
+                    # BIRD's first connection to a peer must not go out before the underlay
+                    # forwards: a lost SYN would cost a retry a second later
+                    underlay_ready()
                 with ThreadPoolExecutor(max_workers=min(8, len(conf.nodes))) as ex:
                     list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
-                self._wait_links_up([naming.underlay_netns(conf.name)] + [
-                    naming.node_netns(n.name) for n in conf.nodes] + [
-                    naming.external_netns(conf.name)])
+                underlay_ready()
                 if conf.cni == "bgp":
                     say("waiting for BGP: every node learns every other node's pod CIDR")
                     waited = backends.wait_bgp(self.runner, conf)
@@ -440,7 +447,7 @@ class Cluster:
             try:
                 self._join_underlay(new_node)
                 self._wait_links_up([naming.node_netns(new_node.name),
-                                     naming.underlay_netns(self.name)])
+                                     naming.underlay_netns(self.name)], carrier=True)
                 self._setup_node(conf, new_node)
                 self._reconcile_nodes(conf, [n for n in conf.nodes if n is not new_node], say)
             except BaseException:
@@ -720,7 +727,7 @@ class Cluster:
         self._wait_links_up([node_ns], only="cni0")
 
     def _wait_links_up(self, netns: list[str], only: str | None = None,
-                       timeout: float = 3.0) -> None:
+                       carrier: bool = False, timeout: float = 3.0) -> None:
         """Wait until every up link in `netns` is operationally UP.
 
         The kernel finishes bringing a link up (carrier on, a real qdisc instead of the one
@@ -728,6 +735,10 @@ class Cluster:
         peer has the same ifindex in another netns, runs up to a second later. Until then
         packets sent out of the link vanish, and a first connection would wait for a
         retransmission: the lab waits instead, so "Running" means reachable.
+
+        With `carrier`, a link that is up but shows NO-CARRIER is waited for too: on the
+        underlay every port's far end is up, so NO-CARRIER there only means "not yet" (seen on
+        the port of the first node, whose veth ends share ifindex 2, for up to 0.7 s).
         """
         deadline = time.monotonic() + timeout
         pending = list(netns)
@@ -738,7 +749,7 @@ class Cluster:
                 done = self.runner.run(argv, ns, check=False, record=False)
                 links = json.loads(done.stdout) if done.rc == 0 and done.stdout.strip() else []
                 if any("UP" in ln.get("flags", []) and ln.get("operstate") not in
-                       ("UP", "UNKNOWN") and "NO-CARRIER" not in ln.get("flags", [])
+                       ("UP", "UNKNOWN") and (carrier or "NO-CARRIER" not in ln.get("flags", []))
                        for ln in links):
                     still.append(ns)
             pending = still
