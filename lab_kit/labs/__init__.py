@@ -19,6 +19,7 @@ LABS: dict[str, str] = {
     "00-welcome": "lab_kit.labs.welcome",
     "01-pod-netns": "lab_kit.labs.pod_netns",
     "02-pods-on-one-node": "lab_kit.labs.one_node",
+    "03-routing-between-nodes": "lab_kit.labs.host_gw",
     "04-vxlan-overlay": "lab_kit.labs.vxlan",
     "05-bgp-like-calico": "lab_kit.labs.bgp",
     "06-write-a-cni-plugin": "lab_kit.labs.cni_plugin",
