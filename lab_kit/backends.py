@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab_kit import naming
-from lab_kit.config import UNDERLAY_MTU, VXLAN_OVERHEAD, ClusterConfig, NodeConfig
+from lab_kit.config import VXLAN_MTU, ClusterConfig, NodeConfig
 from lab_kit.errors import LabError
 
 if TYPE_CHECKING:
@@ -94,13 +90,12 @@ def hostgw_routes(conf: ClusterConfig, node: NodeConfig) -> list[Route]:
     return sorted(Route(o.pod_cidr, o.ip, "eth0") for o in peers(conf, node))
 
 
-def vxlan_device_commands(node: NodeConfig, mtu: int | None = None) -> list[str]:
+def vxlan_device_commands(node: NodeConfig) -> list[str]:
     """`ip -batch` lines creating `flannel.1` on `node` (as flanneld's vxlan backend does)."""
-    mtu = mtu if mtu is not None else UNDERLAY_MTU - VXLAN_OVERHEAD
     return [
         f"link add {VXLAN_DEV} type vxlan id {VXLAN_VNI} local {node.ip} dev eth0 "
         f"dstport {VXLAN_PORT} nolearning",
-        f"link set {VXLAN_DEV} address {vtep_mac(node)} mtu {mtu}",
+        f"link set {VXLAN_DEV} address {vtep_mac(node)} mtu {VXLAN_MTU}",
         f"addr add {vtep_ip(node)}/32 dev {VXLAN_DEV}",
         f"link set {VXLAN_DEV} up",
     ]
@@ -210,18 +205,11 @@ def render_bird_conf(conf: ClusterConfig, node: NodeConfig, log_file: str | None
 
 # --- reading the live kernel -----------------------------------------------------------------
 
-def _ip_json(runner: Runner, netns: str, *args: str) -> list[dict]:
-    done = runner.run(["ip", "-j", *args], netns, check=False, record=False)
-    if done.rc != 0 or not done.stdout.strip():
-        return []
-    return json.loads(done.stdout)
-
-
 def live_routes(runner: Runner, netns: str, pod_subnet: str) -> list[dict]:
     """Routes into the pod subnet, except the node's own (connected, on cni0) one."""
     sub = ipaddress.ip_network(pod_subnet)
     out = []
-    for r in _ip_json(runner, netns, "route", "show"):
+    for r in runner.json(["ip", "-j", "route", "show"], netns):
         dst = r.get("dst", "")
         if dst == "default" or r.get("protocol") == "kernel":
             continue
@@ -259,7 +247,7 @@ def setup_hostgw(runner: Runner, conf: ClusterConfig, node: NodeConfig) -> None:
 
 def setup_vxlan(runner: Runner, conf: ClusterConfig, node: NodeConfig) -> None:
     ns = naming.node_netns(node.name)
-    if not _ip_json(runner, ns, "link", "show", "dev", VXLAN_DEV):
+    if not runner.json(["ip", "-j", "link", "show", "dev", VXLAN_DEV], ns):
         runner.batch(vxlan_device_commands(node), ns)
     reconcile_vxlan(runner, conf, node)
 
@@ -272,31 +260,23 @@ def reconcile_vxlan(runner: Runner, conf: ClusterConfig, node: NodeConfig) -> No
     """
     ns = naming.node_netns(node.name)
     routes, neigh, fdb = vxlan_peer_entries(conf, node)
-    have_neigh = {n["dst"]: n for n in _ip_json(runner, ns, "neigh", "show", "dev", VXLAN_DEV)}
-    have_fdb = _fdb(runner, ns)
+    have_neigh = {n["dst"]: n for n in runner.json(
+        ["ip", "-j", "neigh", "show", "dev", VXLAN_DEV], ns)}
+    have_fdb = {e["mac"]: e["dst"] for e in runner.json(
+        ["bridge", "-j", "fdb", "show", "dev", VXLAN_DEV], ns)
+        if e.get("dst") and e.get("mac") != "00:00:00:00:00:00"}
     lines = [f"neigh replace {n.ip} lladdr {n.mac} dev {n.dev} nud permanent" for n in neigh
              if (have_neigh.get(n.ip) or {}).get("lladdr") != n.mac]
     runner.batch(lines, ns)
-    cmds = [["bridge", "fdb", "replace", f.mac, "dev", f.dev, "dst", f.dst, "self", "permanent"]
-            for f in fdb if have_fdb.get(f.mac) != f.dst]
-    stale_fdb = [mac for mac in have_fdb if mac not in {f.mac for f in fdb}]
-    cmds += [["bridge", "fdb", "del", mac, "dev", VXLAN_DEV, "self"] for mac in stale_fdb]
-    for argv in cmds:
-        runner.run(argv, ns)
+    fdb_lines = [f"fdb replace {f.mac} dev {f.dev} dst {f.dst} self permanent" for f in fdb
+                 if have_fdb.get(f.mac) != f.dst]
+    fdb_lines += [f"fdb del {mac} dev {VXLAN_DEV} self" for mac in have_fdb
+                  if mac not in {f.mac for f in fdb}]
+    if fdb_lines:  # `bridge -batch`: one exec for every entry, like `ip -batch`
+        runner.run(["bridge", "-batch", "-"], ns, input="\n".join(fdb_lines) + "\n")
     reconcile_routes(runner, ns, conf, routes, lambda r: r.get("dev") == VXLAN_DEV)
     stale = [ip for ip in have_neigh if ip not in {n.ip for n in neigh}]
     runner.batch([f"neigh del {ip} dev {VXLAN_DEV}" for ip in stale], ns)
-
-
-def _fdb(runner: Runner, netns: str) -> dict[str, str]:
-    done = runner.run(["bridge", "-j", "fdb", "show", "dev", VXLAN_DEV], netns, check=False,
-                      record=False)
-    out: dict[str, str] = {}
-    if done.rc == 0 and done.stdout.strip():
-        for e in json.loads(done.stdout):
-            if e.get("dst") and e.get("mac") != "00:00:00:00:00:00":
-                out[e["mac"]] = e["dst"]
-    return out
 
 
 # --- BGP: one BIRD per node ----------------------------------------------------------------
@@ -351,42 +331,12 @@ def reconfigure_bird(runner: Runner, node: NodeConfig, paths: BirdPaths) -> None
         raise LabError(f"BIRD on node `{node.name}` rejected its new config: {out.strip()}")
 
 
-def stop_bird(runner: Runner, node: NodeConfig, paths: BirdPaths, timeout: float = 3.0) -> None:
-    """SIGTERM: BIRD closes its sessions with a Cease, so peers withdraw its routes at once."""
-    try:
-        pid = int(paths.pid.read_text().strip())
-    except (OSError, ValueError):
-        return
-    runner.note(["kill", "-TERM", str(pid)], naming.node_netns(node.name), source="lab_kit")
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    with _suppress():
-        os.kill(pid, signal.SIGKILL)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is ProcessLookupError
-
-
 def bird_routes_installed(runner: Runner, conf: ClusterConfig, node: NodeConfig) -> bool:
     """Every other node's pod CIDR is in this node's kernel table as `proto bird`."""
     want = {o.pod_cidr for o in peers(conf, node)}
     have = {r["dst"] for r in live_routes(runner, naming.node_netns(node.name), conf.pod_subnet)
             if r.get("protocol") == RTPROT_BIRD}
-    return want <= have and not (have - want)
+    return want == have
 
 
 def wait_bgp(runner: Runner, conf: ClusterConfig, nodes: list[NodeConfig] | None = None,
@@ -404,11 +354,3 @@ def wait_bgp(runner: Runner, conf: ClusterConfig, nodes: list[NodeConfig] | None
                            "`birdc show protocols` on them")
         time.sleep(0.05)
     return time.monotonic() - t0
-
-
-def bird_version() -> str | None:
-    try:
-        done = subprocess.run(["bird", "--version"], capture_output=True, text=True, timeout=5)
-    except FileNotFoundError:
-        return None
-    return (done.stdout + done.stderr).strip() or None

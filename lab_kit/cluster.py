@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import dataclasses
+import hashlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -218,16 +220,18 @@ class Cluster:
                 say("underlay up (Mininet LinuxBridge s1); configuring nodes")
 
                 def underlay_ready() -> None:
-                    self._wait_links_up([naming.underlay_netns(conf.name)], carrier=True)
+                    self._wait_links_up([naming.underlay_netns(conf.name)])
                     self._wait_links_up([naming.node_netns(n.name) for n in conf.nodes] + [
-                        naming.external_netns(conf.name)], only="eth0", carrier=True)
+                        naming.external_netns(conf.name)], only="eth0")
+                # BIRD's first connection to a peer must not go out before the underlay
+                # forwards (a lost SYN costs a retry a second later); the other backends
+                # configure the nodes meanwhile
                 if conf.cni == "bgp":
-                    # BIRD's first connection to a peer must not go out before the underlay
-                    # forwards: a lost SYN would cost a retry a second later
                     underlay_ready()
                 with ThreadPoolExecutor(max_workers=min(8, len(conf.nodes))) as ex:
                     list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
-                underlay_ready()
+                if conf.cni != "bgp":
+                    underlay_ready()
                 if conf.cni == "bgp":
                     say("waiting for BGP: every node learns every other node's pod CIDR")
                     waited = backends.wait_bgp(self.runner, conf)
@@ -393,7 +397,6 @@ class Cluster:
     def _socket_dir(self) -> Path:
         """Unix socket paths are limited to 107 bytes, and state dirs can be deep (pytest's
         tmp dirs): control sockets live in a short per-cluster dir under /run instead."""
-        import hashlib
         digest = hashlib.sha256(str(self.store.dir.resolve()).encode()).hexdigest()[:12]
         return SOCKET_ROOT / f"{self.name}-{digest}"
 
@@ -447,7 +450,7 @@ class Cluster:
             try:
                 self._join_underlay(new_node)
                 self._wait_links_up([naming.node_netns(new_node.name),
-                                     naming.underlay_netns(self.name)], carrier=True)
+                                     naming.underlay_netns(self.name)])
                 self._setup_node(conf, new_node)
                 self._reconcile_nodes(conf, [n for n in conf.nodes if n is not new_node], say)
             except BaseException:
@@ -482,8 +485,8 @@ class Cluster:
                 say(f"deleting the {len(evicted)} pods on {name}")
                 self._execute(Plan(delete_pods=evicted), say)
                 messages += [f'pod "{k.split("/", 1)[1]}" deleted' for k in evicted]
-            if old.cni == "bgp":
-                backends.stop_bird(self.runner, gone, self.bird_paths(name, old))
+            # SIGTERM to everything on the node: BIRD closes its sessions with a Cease, so its
+            # peers withdraw its routes at once
             self._drop_node(gone, old)
             state = self.state
             self._set_config(state, conf)
@@ -507,8 +510,8 @@ class Cluster:
     def _join_underlay(self, n: config.NodeConfig) -> None:
         """A new host on the underlay switch: what Mininet's addHost + addLink build."""
         ns, under = naming.node_netns(n.name), naming.underlay_netns(self.name)
-        ports = [ln.get("ifname", "") for ln in json.loads(self.runner.run(
-            ["ip", "-j", "link", "show", "master", "s1"], under, record=False).stdout or "[]")]
+        ports = [ln.get("ifname", "") for ln in self.runner.json(
+            ["ip", "-j", "link", "show", "master", "s1"], under)]
         nums = [int(p.rsplit("eth", 1)[1]) for p in ports if p.startswith("s1-eth")
                 and p.rsplit("eth", 1)[1].isdigit()]
         port = f"s1-eth{max(nums, default=0) + 1}"
@@ -713,7 +716,6 @@ class Cluster:
                 out[pod.key] = {"spec": model.pod_to_json(pod), "node": node, "ip": ip,
                                 "netns": net, "uid": uid, "containerID": cid,
                                 "cniResult": result, "created": time.time()}
-            self._wait_bridge_up(node_ns)
         except BaseException:
             self._remove_pods(node, list(out.values()), best_effort=True)
             leftover = [n for n in nets if n not in {p["netns"] for p in out.values()}]
@@ -722,35 +724,25 @@ class Cluster:
             raise
         return out
 
-    def _wait_bridge_up(self, node_ns: str) -> None:
-        """Wait until the node's cni0 has carrier (see `_wait_links_up`)."""
-        self._wait_links_up([node_ns], only="cni0")
-
     def _wait_links_up(self, netns: list[str], only: str | None = None,
-                       carrier: bool = False, timeout: float = 3.0) -> None:
-        """Wait until every up link in `netns` is operationally UP.
+                       timeout: float = 3.0) -> None:
+        """Wait until every link set up in `netns` is operationally up (has carrier).
 
-        The kernel finishes bringing a link up (carrier on, a real qdisc instead of the one
-        that drops everything) in its link-watch work, which for a bridge, or a veth whose
-        peer has the same ifindex in another netns, runs up to a second later. Until then
-        packets sent out of the link vanish, and a first connection would wait for a
-        retransmission: the lab waits instead, so "Running" means reachable.
-
-        With `carrier`, a link that is up but shows NO-CARRIER is waited for too: on the
-        underlay every port's far end is up, so NO-CARRIER there only means "not yet" (seen on
-        the port of the first node, whose veth ends share ifindex 2, for up to 0.7 s).
+        Right after the underlay is built, the first node's port on `s1` (both veth ends have
+        ifindex 2) was seen NO-CARRIER, and the node unreachable, for up to 0.7 s; a first
+        connection then waited for a retransmission. The lab waits instead, so a cluster that
+        is "up" forwards. (Every link waited for has its far end up, so NO-CARRIER on it only
+        means "not yet".)
         """
         deadline = time.monotonic() + timeout
         pending = list(netns)
         while pending and time.monotonic() < deadline:
             still = []
             for ns in pending:
-                argv = ["ip", "-j", "link", "show"] + (["dev", only] if only else [])
-                done = self.runner.run(argv, ns, check=False, record=False)
-                links = json.loads(done.stdout) if done.rc == 0 and done.stdout.strip() else []
+                links = self.runner.json(["ip", "-j", "link", "show"] + (
+                    ["dev", only] if only else []), ns)
                 if any("UP" in ln.get("flags", []) and ln.get("operstate") not in
-                       ("UP", "UNKNOWN") and (carrier or "NO-CARRIER" not in ln.get("flags", []))
-                       for ln in links):
+                       ("UP", "UNKNOWN") for ln in links):
                     still.append(ns)
             pending = still
             if pending:
@@ -799,7 +791,6 @@ class Cluster:
         """
         src_label, src_ns, _ = self._endpoint(src)
         try:
-            import ipaddress
             ipaddress.ip_address(dst)
             dst_label, ip = dst, dst
         except ValueError:
@@ -863,14 +854,12 @@ class Cluster:
 
 def _with_nodes(conf: config.ClusterConfig, nodes: tuple[config.NodeConfig, ...]
                 ) -> config.ClusterConfig:
-    import dataclasses
     return dataclasses.replace(conf, nodes=nodes)
 
 
 def _next_node(conf: config.ClusterConfig, role: str, labels: dict[str, str]
                ) -> config.NodeConfig:
     """A new node as kind would name it, with the lowest free underlay IP and pod /24."""
-    import ipaddress
     names = {n.name for n in conf.nodes}
     i = 1
     while (name := f"{conf.name}-{role}" + ("" if i == 1 else str(i))) in names:

@@ -28,6 +28,7 @@ DEFAULT_CNI = "vxlan"  # Flannel's default backend
 BGP_PEERINGS = ("node-mesh", "route-reflector")
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
 UNDERLAY_MTU = 1500
+VXLAN_MTU = UNDERLAY_MTU - VXLAN_OVERHEAD  # flannel.1's, as Flannel derives it from eth0
 PROXY_MODES = ("iptables",)
 ROLES = ("control-plane", "worker")
 
@@ -81,7 +82,7 @@ class ClusterConfig:
     @property
     def backend_mtu(self) -> int:
         """What the backend would choose: the underlay MTU minus its encapsulation overhead."""
-        return UNDERLAY_MTU - VXLAN_OVERHEAD if self.cni == "vxlan" else UNDERLAY_MTU
+        return VXLAN_MTU if self.cni == "vxlan" else UNDERLAY_MTU
 
     def plugin_for(self, node: NodeConfig) -> str:
         return node.cni_plugin or self.cni_plugin
@@ -231,11 +232,6 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None,
     if pod_subnet.prefixlen > 24:
         _fail(f"podSubnet {pod_subnet} is smaller than one node's /24", source,
               "networking.podSubnet", "use a /24 or larger, e.g. 10.244.0.0/16")
-    capacity = 2 ** (24 - pod_subnet.prefixlen)
-    if capacity < len(roles) and not any("podCIDR" in n for n in raw_nodes):
-        _fail(f"podSubnet {pod_subnet} holds {capacity} node /24s but the cluster has "
-              f"{len(roles)} nodes", source, "networking.podSubnet",
-              "use a larger podSubnet or fewer nodes")
     cni = net.get("cni", DEFAULT_CNI)
     if cni not in CNI_BACKENDS:
         _fail(f"unknown CNI backend {cni!r}; choose one of: {', '.join(CNI_BACKENDS)}",
@@ -308,8 +304,9 @@ def _node_cidrs(raw_nodes: list[dict[str, Any]], pod_subnet: ipaddress.IPv4Netwo
             continue
         nxt = next(free, None)
         if nxt is None:
-            _fail(f"podSubnet {pod_subnet} has no free /24 left for node {i}", source,
-                  "networking.podSubnet", "use a larger podSubnet or fewer nodes")
+            _fail(f"podSubnet {pod_subnet} holds {2 ** (24 - pod_subnet.prefixlen)} node /24s "
+                  f"but the cluster has {len(raw_nodes)} nodes: none is left for node {i}",
+                  source, "networking.podSubnet", "use a larger podSubnet or fewer nodes")
         out.append(str(nxt))
     return out
 

@@ -140,6 +140,17 @@ class Runner:
             raise CommandError(netns, argv, rc, err, out)
         return Completed(argv, netns, rc, out, err)
 
+    def json(self, argv: Sequence[str], netns: str | None = None) -> list[dict[str, Any]]:
+        """A read of live state (`ip -j …`, `bridge -j …`), not journaled: the parsed JSON list,
+        or [] when the command fails or prints nothing (a device that does not exist)."""
+        done = self.run(argv, netns, check=False, record=False)
+        if done.rc != 0 or not done.stdout.strip():
+            return []
+        try:
+            return json.loads(done.stdout)
+        except json.JSONDecodeError:
+            return []
+
     def batch(self, lines: Sequence[str], netns: str | None, *, check: bool = True,
               force: bool = False) -> Completed:
         """Many `ip` commands in one exec: `ip -batch -` (each line is journaled on its own)."""
