@@ -233,9 +233,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
         def during():
             return c.probe(src, dst, port, protocol=args.protocol)
-    seconds = args.seconds if (args.seconds is not None or args.probe) else None
-    if args.probe and args.seconds is None:
-        seconds = 2.0
+    seconds = args.seconds if args.seconds is not None else (2.0 if args.probe else None)
     if seconds is None and args.count is None:
         _say("capturing until Ctrl-C (or give -c N / --seconds S)")
     cap = c.capture(args.where, interface=args.interface, filter=" ".join(args.filter),
@@ -346,13 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
     if extra and args.cmd == "capture" and not any(e.startswith("-") for e in extra):
         args.filter += extra  # filter words after the options, as tcpdump allows
     elif extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return args.fn(args)
     except LabError as e:

@@ -8,11 +8,7 @@ from lab_kit import cli
 
 
 def parse(argv: list[str]):
-    ap = cli.build_parser()
-    args, extra = ap.parse_known_args(argv)
-    if extra and args.cmd == "capture" and not any(e.startswith("-") for e in extra):
-        args.filter += extra
-    return args
+    return cli.parse_args(argv)
 
 
 @pytest.mark.parametrize("argv", [
