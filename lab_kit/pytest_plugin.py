@@ -92,9 +92,9 @@ def _sysctl(key: str) -> str:
         return "(absent)"
 
 
-def processes_with(text: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains `text`."""
-    out = []
+def _live_commands() -> dict[int, str]:
+    """pid -> command line of every live (non-zombie) process."""
+    out = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -103,17 +103,26 @@ def processes_with(text: str) -> list[int]:
             state = Path(f"/proc/{d}/stat").read_text().rsplit(") ", 1)[1][0]
         except (OSError, IndexError):
             continue
-        if text in cmd and state != "Z":
-            out.append(int(d))
+        if state != "Z":
+            out[int(d)] = cmd
     return out
 
 
+def processes_with(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `text`."""
+    return [pid for pid, cmd in _live_commands().items() if text in cmd]
+
+
 def _lab_processes() -> list[str]:
-    """The lab's daemons: test servers, and BIRD (its control socket is under the socket dir)."""
-    out = [f"pid {pid}: python -m lab_kit.agnhost" for pid in processes_with("lab_kit.agnhost")]
-    out += [f"pid {pid}: bird" for pid in processes_with("/run/lab_kit-sock/")
-            if pid not in processes_with("lab_kit.agnhost")]
-    return sorted(set(out))
+    """The lab's daemons: test servers, and BIRD (its control socket is under the socket dir,
+    where the test servers' control sockets are too)."""
+    out = []
+    for pid, cmd in _live_commands().items():
+        if "lab_kit.agnhost" in cmd:
+            out.append(f"pid {pid}: python -m lab_kit.agnhost")
+        elif "/run/lab_kit-sock/" in cmd:
+            out.append(f"pid {pid}: {cmd.split(' ', 1)[0]}")
+    return sorted(out)
 
 
 def unique_name(prefix: str = "t") -> str:

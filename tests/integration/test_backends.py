@@ -53,8 +53,7 @@ def all_pairs(c: Cluster) -> list[str]:
 
 
 def bird_pids(c: Cluster) -> list[int]:
-    servers = set(processes_with("lab_kit.agnhost"))  # their control sockets are there too
-    return [p for p in processes_with(str(c._socket_dir)) if p not in servers]
+    return processes_with(f"-s {c._socket_dir}/bird")  # BIRD's control socket argument
 
 
 @pytest.mark.parametrize("cni", config.CNI_BACKENDS)
