@@ -155,13 +155,7 @@ class Context:
     @staticmethod
     def ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
         """`ip -j ARGS` inside `netns` (not journaled); [] if it fails."""
-        r = kernel.Runner().run(["ip", "-j", *args], netns, check=False, record=False)
-        if r.rc != 0 or not r.stdout.strip():
-            return []
-        try:
-            return json.loads(r.stdout)
-        except json.JSONDecodeError:
-            return []
+        return kernel.Runner().json(["ip", "-j", *args], netns)
 
     def links(self, netns: str) -> list[dict[str, Any]]:
         return self.ip_json(netns, "-d", "addr", "show")

@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lab_kit import kernel, naming
@@ -439,7 +439,7 @@ def snapshot(cluster: Cluster, workers: int = WORKERS) -> Snapshot:
                 return None  # deleted while we looked: the kernel is the truth
             # one unreadable netns must not hide the rest of the cluster
             return NetnsView(n, role, owner, in_state=in_state, error=str(e).strip())
-        return NetnsView(v.name, v.role, v.owner, v.links, v.routes, v.nsids, in_state)
+        return replace(v, in_state=in_state)
 
     if len(nets) > 1 and workers > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(nets))) as ex:

@@ -64,6 +64,11 @@ def _shown(links: Iterable[Link]) -> list[Link]:
     return [ln for ln in links if ln.kind != "loopback"]
 
 
+def _eth0_first(links: Iterable[Link]) -> list[Link]:
+    """The links but lo, `eth0` first, then by name (a pod's or a host's table rows)."""
+    return sorted(_shown(links), key=lambda ln: (ln.name != "eth0", _natural(ln.name)))
+
+
 def _network(addr: str) -> ipaddress.IPv4Network | None:
     try:
         return ipaddress.ip_interface(addr).network  # type: ignore[return-value]
@@ -97,15 +102,15 @@ class _Model:
                 net = _network(snap.node_cidrs[v.name])
             if net is not None:
                 self.node_cidr[v.name] = net
+        self.node_of_ip = {ip: ns for ns, ip in self.node_ip.items()}  # eth0 IP -> node netns
         self.owner = {v.name: v.owner for v in snap.views}
         # pods: placed by their live veth pair, else by the stored state, else "detached"
         self.pods_on: dict[str, list[NetnsView]] = {v.name: [] for v in self.nodes}
         self.detached: list[NetnsView] = []
-        self.wired: dict[str, bool] = {}
+        self.live_node: dict[str, str | None] = {}  # pod netns -> node netns of its veth pair
         for v in sorted(snap.by_role("pod"), key=lambda v: _natural(v.owner)):
-            live = snap.pod_node(v.name)
+            live = self.live_node[v.name] = snap.pod_node(v.name)
             where = live or snap.state_pods.get(v.name)
-            self.wired[v.name] = live is not None
             if where in self.pods_on:
                 self.pods_on[where].append(v)
             else:
@@ -206,6 +211,7 @@ def _link_cell_text(m: _Model, v: NetnsView, ln: Link, with_peer: bool = False) 
 def _draw_underlay(g: graphviz.Digraph, m: _Model, v: NetnsView) -> None:
     links = _shown(v.links)
     bridges = [ln for ln in links if ln.kind == "bridge"]
+    bridge_names = {b.name for b in bridges}
     with g.subgraph(name="cluster_underlay") as sg:
         sg.attr(label=f'<<B>underlay</B> {_small(f"netns {v.name}")}>', style="rounded,filled",
                 fillcolor=C_UNDERLAY_BG, color="#d4a72c", labelloc="t", fontsize="10")
@@ -222,7 +228,7 @@ def _draw_underlay(g: graphviz.Digraph, m: _Model, v: NetnsView) -> None:
                      f"</TR><TR>{cells}</TR></TABLE>>")
             sg.node(_gid(v.name, br.name), label=label, shape="plain")
         for ln in links:
-            if ln.kind != "bridge" and ln.master not in {b.name for b in bridges}:
+            if ln.kind != "bridge" and ln.master not in bridge_names:
                 _iface_node(sg, m, v, ln)
 
 
@@ -299,11 +305,10 @@ def _draw_node(g: graphviz.Digraph, m: _Model, v: NetnsView, show_routes: bool) 
 
 def _route_note(m: _Model, v: NetnsView, r: Route) -> tuple[str, str]:
     """(note, colour) for a node's route: host-gw, VXLAN or BGP to another node's pods…"""
-    by_ip = {ip: ns for ns, ip in m.node_ip.items()}
     net = _network(r.dst) if r.dst != "default" else None
     owner_of_dst = next((ns for ns, cidr in m.node_cidr.items() if net == cidr), None)
-    if r.gateway and r.gateway in by_ip and r.dev == "eth0":
-        via = by_ip[r.gateway]
+    if r.gateway and r.gateway in m.node_of_ip and r.dev == "eth0":
+        via = m.node_of_ip[r.gateway]
         if owner_of_dst == via:
             how = "BGP (BIRD)" if r.proto == "bird" else "host-gw"
             return f"{how} → pods of {m.owner[via]}", C_HOSTGW
@@ -345,7 +350,7 @@ def _route_table(m: _Model, v: NetnsView) -> str:
 
 
 def _draw_pod(g: graphviz.Digraph, m: _Model, v: NetnsView, show_routes: bool) -> None:
-    links = sorted(_shown(v.links), key=lambda ln: (ln.name != "eth0", _natural(ln.name)))
+    links = _eth0_first(v.links)
     head_bg = C_POD
     border = "#444444"
     notes = []
@@ -354,7 +359,7 @@ def _draw_pod(g: graphviz.Digraph, m: _Model, v: NetnsView, show_routes: bool) -
         notes.append(_small("made by hand: not in the cluster state", C_HANDMADE))
     if v.error:
         notes.append(_small(f"could not read: {v.error[:80]}", C_DOWN))
-    if not m.wired.get(v.name, False):
+    if m.live_node.get(v.name) is None:
         border = C_DOWN
         notes.append(_small("not wired to any node (no veth pair)", C_DOWN))
     head = (f"<B>{_e(v.owner)}</B><BR/>{_small(f'netns {v.name}')}"
@@ -364,11 +369,8 @@ def _draw_pod(g: graphviz.Digraph, m: _Model, v: NetnsView, show_routes: bool) -
         text = f"default via {default.gateway}" if default and default.gateway else (
             "no default route")
         head += "<BR/>" + _small(text, C_MUTED if default else C_DOWN)
-    rows = []
-    for ln in links:  # interfaces on top, where the wires from the node arrive
-        bg = C_DOWN_FILL if ln.down else "white"
-        rows.append(f'<TR><TD PORT="{_port(ln.name)}" BGCOLOR="{bg}">'
-                    f"{_link_cell_text(m, v, ln)}</TD></TR>")
+    # interfaces on top, where the wires from the node arrive
+    rows = [f"<TR>{_port_cell(m, v, ln)}</TR>" for ln in links]
     if not links:
         rows.append(f'<TR><TD>{_small("no interfaces but lo", C_DOWN)}</TD></TR>')
     rows.append(f'<TR><TD BGCOLOR="{head_bg}">{head}</TD></TR>')
@@ -379,16 +381,12 @@ def _draw_pod(g: graphviz.Digraph, m: _Model, v: NetnsView, show_routes: bool) -
 
 def _draw_host(g: graphviz.Digraph, m: _Model, v: NetnsView) -> None:
     """The external host (or any other netns of the cluster) as one table, outside the nodes."""
-    links = sorted(_shown(v.links), key=lambda ln: (ln.name != "eth0", _natural(ln.name)))
+    links = _eth0_first(v.links)
     what = "external host (the outside world)" if v.role == "external" else "other netns"
     head = f"<B>{_e(what)}</B><BR/>{_small(f'netns {v.name}')}"
     if v.error:
         head += "<BR/>" + _small(f"could not read: {v.error[:80]}", C_DOWN)
-    rows = []
-    for ln in links:
-        bg = C_DOWN_FILL if ln.down else "white"
-        rows.append(f'<TR><TD PORT="{_port(ln.name)}" BGCOLOR="{bg}">'
-                    f"{_link_cell_text(m, v, ln)}</TD></TR>")
+    rows = [f"<TR>{_port_cell(m, v, ln)}</TR>" for ln in links]
     rows.append(f'<TR><TD BGCOLOR="#eeeeee">{head}</TD></TR>')
     label = ('<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3">'
              f'{"".join(rows)}</TABLE>>')
@@ -427,15 +425,12 @@ def _draw_edges(g: graphviz.Digraph, m: _Model, snap: Snapshot) -> None:
             attrs["label"] = label
         g.edge(_endpoint(m, a), _endpoint(m, b), **attrs)
     # bridge membership inside nodes (the underlay's ports are cells of the switch)
-    for v in snap.views:
-        if v.role == "underlay":
-            continue
+    for v in snap.by_role("node"):
         names = {ln.name for ln in v.links}
         for ln in v.links:
-            if ln.master and ln.master in names and v.role == "node":
-                down = ln.down
+            if ln.master in names:
                 g.edge(_gid(v.name, ln.master), _gid(v.name, ln.name), style="dashed",
-                       color=C_DOWN if down else "#6e7781")
+                       color=C_DOWN if ln.down else "#6e7781")
 
 
 # --- plain text ----------------------------------------------------------------------------------
@@ -448,7 +443,7 @@ def snapshot_table(snap: Snapshot) -> str:
     rank = {"underlay": 0, "external": 1, "node": 2, "pod": 3, "other": 4}
     for v in sorted(snap.views, key=lambda v: (rank.get(v.role, 9), _natural(v.name))):
         if v.role == "pod":
-            node = snap.pod_node(v.name)
+            node = m.live_node.get(v.name)
             tag = (f"pod {v.owner}" + ("" if v.in_state else ", made by hand")
                    + (f", on {m.owner.get(node, node)}" if node else ", wired to no node"))
         elif v.role == "node":

@@ -10,10 +10,9 @@ a network namespace, the two ends of a veth pair, a link's state. They read, nev
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lab_kit.checks import Context, Lab
+from lab_kit.checks import Context, Lab
 
 LABS: dict[str, str] = {
     "00-welcome": "lab_kit.labs.welcome",
@@ -61,13 +60,16 @@ def has_no_carrier(link: Link | None) -> bool:
     return bool(link) and "NO-CARRIER" in link.get("flags", [])
 
 
+def links_by_name(ctx: Context, netns: str) -> dict[str, Link]:
+    """Every link of `netns` by name, from one `ip -j -d addr show` (one read for many links)."""
+    return {ln["ifname"]: ln for ln in ctx.links(netns)}
+
+
 def nsid_names(ctx: Context, netns: str) -> dict[int, str]:
     """The ids `netns` gives the other namespaces it knows (`ip netns list-id`), by id."""
-    out: dict[int, str] = {}
-    for row in ctx.ip_json(netns, "netns", "list-id"):
-        if "nsid" in row and row.get("name"):
-            out[int(row["nsid"])] = row["name"]
-    return out
+    from lab_kit.observe import parse_ip_nsids  # late: it adds ~15 ms to importing a lab
+
+    return dict(parse_ip_nsids(ctx.ip_json(netns, "netns", "list-id")))
 
 
 def peer_netns(ctx: Context, netns: str, link: Link) -> str | None:
@@ -104,10 +106,15 @@ def veth_peer_in(ctx: Context, ns_a: str, a: Link | None, ns_b: str) -> Link | N
     return None
 
 
+def ip_of(link: Link | None) -> str | None:
+    """The first IPv4 address (no prefix) on a link already read; None: no link, no address."""
+    addrs = Context.ipv4s(link)
+    return addrs[0].split("/")[0] if addrs else None
+
+
 def ipv4_of(ctx: Context, netns: str, ifname: str) -> str | None:
     """The first IPv4 address (no prefix) on `ifname` in `netns`."""
-    addrs = ctx.ipv4s(ctx.link(netns, ifname))
-    return addrs[0].split("/")[0] if addrs else None
+    return ip_of(ctx.link(netns, ifname))
 
 
 def default_gateway(ctx: Context, netns: str) -> str | None:

@@ -8,18 +8,22 @@ a learned for pod b. Part B, on `bridge-worker2`: the same built by the real CNI
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab_kit import naming
-from lab_kit.checks import Context, Lab, Verdict, failed, passed
+from lab_kit.checks import CheckFn, Context, Lab, Verdict, failed, passed
 from lab_kit.labs import (
     are_peers,
     default_gateway,
+    ip_of,
     ipv4_of,
     is_netns,
     is_up,
     kind,
+    links_by_name,
     norm_answer,
     peer_netns,
     pings,
@@ -61,14 +65,9 @@ class Plan:
 def plan(ctx: Context) -> Plan:
     node = ctx.cluster.config.node(NODE_A)
     net = ipaddress.ip_network(node.pod_cidr)
-    pods = tuple(HandPod(name, naming.pod_netns(LAB.cluster_name, "default", name),
-                         f"veth-{name}", str(net[10 + i])) for i, name in enumerate("ab"))
+    pods = tuple(HandPod(name, ctx.cluster.netns_name(name), f"veth-{name}", str(net[10 + i]))
+                 for i, name in enumerate("ab"))
     return Plan(naming.node_netns(NODE_A), str(net[1]), net.prefixlen, pods)
-
-
-def _pod_ns(ctx: Context, name: str) -> str:
-    """A pod's netns name; attaching first, so a check on a stopped cluster says so."""
-    return naming.pod_netns(ctx.cluster.name, "default", name)
 
 
 # --- part A: by hand ----------------------------------------------------------------------------
@@ -142,37 +141,49 @@ def _port_problem(ctx: Context, p: Plan, pod: HandPod) -> Verdict | None:
     return None
 
 
-@LAB.check("ports", "veth-a and veth-b are ports of br0, wired to eth0 in pods a and b")
-def check_ports(ctx: Context) -> Verdict:
-    p = plan(ctx)
+def _ports_problem(ctx: Context, p: Plan) -> Verdict | None:
+    """What is wrong with the cable into br0 of pod a, else of pod b, or None."""
     for pod in p.pods:
         problem = _port_problem(ctx, p, pod)
         if problem is not None:
             return problem
+    return None
+
+
+@LAB.check("ports", "veth-a and veth-b are ports of br0, wired to eth0 in pods a and b")
+def check_ports(ctx: Context) -> Verdict:
+    problem = _ports_problem(ctx, plan(ctx))
+    if problem is not None:
+        return problem
     return passed("veth-a and veth-b are UP ports of br0; their other ends are eth0 in pods a "
                   "and b")
 
 
-def _missing_pod(ctx: Context, p: Plan) -> Verdict | None:
-    """A failed verdict naming the first hand-made pod whose netns is not there yet."""
-    for pod in p.pods:
-        if not is_netns(ctx, pod.netns):
-            return failed(f"pod {pod.name} does not exist yet",
-                          hint="do the pods exercise first (LAB.run(\"ports\") guides you)",
-                          expected=pod.netns, actual="missing")
-    return None
+def _pods_check(name: str, title: str) -> Callable[[Callable[[Context, Plan], Verdict]], CheckFn]:
+    """Register a check of the hand-made pods a and b: it is called with the plan, and only once
+    both pods' netns exist; before, it fails naming the first one missing."""
+    def deco(fn: Callable[[Context, Plan], Verdict]) -> CheckFn:
+        @LAB.check(name, title)
+        @functools.wraps(fn)
+        def check(ctx: Context) -> Verdict:
+            p = plan(ctx)
+            for pod in p.pods:
+                if not is_netns(ctx, pod.netns):
+                    return failed(f"pod {pod.name} does not exist yet",
+                                  hint="do the pods exercise first (LAB.run(\"ports\") guides "
+                                       "you)", expected=pod.netns, actual="missing")
+            return fn(ctx, p)
+        return check
+    return deco
 
 
-@LAB.check("addresses", "Pods a and b have their addresses and a default route via br0")
-def check_addresses(ctx: Context) -> Verdict:
-    p = plan(ctx)
+@_pods_check("addresses", "Pods a and b have their addresses and a default route via br0")
+def check_addresses(ctx: Context, p: Plan) -> Verdict:
     node_ip = ipv4_of(ctx, p.node_ns, "eth0") or "?"
-    missing = _missing_pod(ctx, p)
-    if missing is not None:
-        return missing
     for pod in p.pods:
         in_pod = f"ip -n {pod.netns} "
-        eth0 = ctx.link(pod.netns, "eth0")
+        links = links_by_name(ctx, pod.netns)
+        eth0 = links.get("eth0")
         want = f"{pod.ip}/{p.prefix}"
         if want not in ctx.ipv4s(eth0):
             return failed(f"eth0 in pod {pod.name} does not have {want}",
@@ -180,7 +191,7 @@ def check_addresses(ctx: Context) -> Verdict:
                           if eth0 else "create the veth pair first (see LAB.run(\"ports\"))",
                           expected=want, actual=", ".join(ctx.ipv4s(eth0)) or "none")
         for ifname in ("eth0", "lo"):
-            ln = ctx.link(pod.netns, ifname)
+            ln = links.get(ifname)
             if not is_up(ln):
                 return failed(f"{ifname} in pod {pod.name} is DOWN",
                               hint=p.on_node(in_pod + f"link set {ifname} up"),
@@ -200,13 +211,9 @@ def check_addresses(ctx: Context) -> Verdict:
                   f"{p.gateway}, and both ping the node at {node_ip}")
 
 
-@LAB.check("a-to-b", "Pod a pings pod b across the bridge")
-def check_a_to_b(ctx: Context) -> Verdict:
-    p = plan(ctx)
+@_pods_check("a-to-b", "Pod a pings pod b across the bridge")
+def check_a_to_b(ctx: Context, p: Plan) -> Verdict:
     a, b = p.pods
-    missing = _missing_pod(ctx, p)
-    if missing is not None:
-        return missing
     b_ip = ipv4_of(ctx, b.netns, "eth0")
     if b_ip is None:
         return failed("pod b's eth0 has no address to ping",
@@ -215,11 +222,7 @@ def check_a_to_b(ctx: Context) -> Verdict:
     if pings(ctx, a.netns, b_ip):
         return passed(f"pod a ({ipv4_of(ctx, a.netns, 'eth0')}) pinged pod b ({b_ip}) through "
                       "br0: same subnet, so no router — the bridge switched the frames")
-    problem = None
-    for pod in (a, b):
-        problem = _port_problem(ctx, p, pod)
-        if problem is not None:
-            break
+    problem = _ports_problem(ctx, p)
     if problem is None:
         br = ctx.link(p.node_ns, BRIDGE)
         hint = (p.on_node(f"ip link set {BRIDGE} up") if not is_up(br) else
@@ -231,15 +234,11 @@ def check_a_to_b(ctx: Context) -> Verdict:
                   expected=f"a reply from {b_ip}", actual="no reply")
 
 
-@LAB.check("arp", "You found the MAC address pod a learned for pod b")
-def check_arp(ctx: Context) -> Verdict:
-    p = plan(ctx)
+@_pods_check("arp", "You found the MAC address pod a learned for pod b")
+def check_arp(ctx: Context, p: Plan) -> Verdict:
     a, b = p.pods
-    missing = _missing_pod(ctx, p)
-    if missing is not None:
-        return missing
     b_eth0 = ctx.link(b.netns, "eth0")
-    b_ip = ipv4_of(ctx, b.netns, "eth0")
+    b_ip = ip_of(b_eth0)
     if b_eth0 is None or b_ip is None:
         return failed("pod b has no eth0 with an address yet",
                       hint="finish the pods exercise first", expected="eth0 with an address",
@@ -297,12 +296,12 @@ def check_cni_pods(ctx: Context) -> Verdict:
     node_ns = naming.node_netns(NODE_B)
     ips: dict[str, str] = {}
     for name in CNI_PODS:
-        ns = _pod_ns(ctx, name)
+        ns = ctx.cluster.netns_name(name)
         if not is_netns(ctx, ns):
             return failed(f"pod {name} does not exist: no network namespace `{ns}`",
                           hint=f"apply the manifest: `{APPLY}`", expected=ns, actual="missing")
         eth0 = ctx.link(ns, "eth0")
-        ip = ipv4_of(ctx, ns, "eth0")
+        ip = ip_of(eth0)
         if eth0 is None or ip is None:
             return failed(f"pod {name} has no eth0 with an address",
                           hint=f"delete it (`c.delete(pod=\"{name}\")`) and apply again",
@@ -315,7 +314,8 @@ def check_cni_pods(ctx: Context) -> Verdict:
                           expected=node_ns, actual=str(where))
         ips[name] = ip
     src, dst = CNI_PODS
-    r = probe_socket(src, _pod_ns(ctx, src), dst, ips[dst], CNI_PORT, "TCP", "/hostname", 2.0)
+    r = probe_socket(src, ctx.cluster.netns_name(src), dst, ips[dst], CNI_PORT, "TCP",
+                     "/hostname", 2.0)
     if not r.ok or r.reply.strip() != dst:
         got = r.error if not r.ok else repr(r.reply)
         return failed(f"{src} could not fetch http://{ips[dst]}:{CNI_PORT}/hostname: {got}",
@@ -329,7 +329,7 @@ def check_cni_pods(ctx: Context) -> Verdict:
 @LAB.check("which-veth", "You found web-a's veth on the node")
 def check_which_veth(ctx: Context) -> Verdict:
     node_ns = naming.node_netns(NODE_B)
-    ns = _pod_ns(ctx, "web-a")
+    ns = ctx.cluster.netns_name("web-a")
     if not is_netns(ctx, ns):
         return failed("pod web-a does not exist yet",
                       hint=f"do the cni exercise first: `{APPLY}`", expected=ns,
@@ -364,7 +364,7 @@ def check_which_veth(ctx: Context) -> Verdict:
         return failed("cni0 is the bridge every pod's veth is plugged into, not a veth",
                       hint=f"`bridge link show` on the node lists its ports; which is web-a's? "
                            f"{look[0]} gives the index", expected="veth…", actual=answer)
-    web_b = _pod_ns(ctx, "web-b")
+    web_b = ctx.cluster.netns_name("web-b")
     other = veth_peer_in(ctx, web_b, ctx.link(web_b, "eth0"), node_ns)
     if other is not None and answer == other["ifname"]:
         return failed(f"{answer} is web-b's veth",

@@ -8,11 +8,13 @@ packets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab_kit import kernel, naming
-from lab_kit.checks import Context, Lab, Verdict, failed, passed
+from lab_kit.checks import CheckFn, Context, Lab, Verdict, failed, passed
 from lab_kit.labs import (
     default_gateway,
     has_no_carrier,
@@ -20,6 +22,7 @@ from lab_kit.labs import (
     is_netns,
     is_up,
     kind,
+    links_by_name,
     peer_netns,
     pings,
     state_words,
@@ -54,8 +57,7 @@ class Plan:
 def plan(ctx: Context) -> Plan:
     node = ctx.cluster.config.node(NODE_NAME)
     net = ipaddress.ip_network(node.pod_cidr)
-    return Plan(node_ns=naming.node_netns(NODE_NAME),
-                pod_ns=naming.pod_netns(LAB.cluster_name, "default", POD_NAME),
+    return Plan(node_ns=naming.node_netns(NODE_NAME), pod_ns=ctx.cluster.netns_name(POD_NAME),
                 pod_ip=str(net[10]), gateway=str(net[1]), prefix=net.prefixlen)
 
 
@@ -63,6 +65,19 @@ def _need_netns(p: Plan) -> Verdict:
     return failed(f"the pod's network namespace `{p.pod_ns}` does not exist yet",
                   hint="do the first exercise: " + p.on_node(f"ip netns add {p.pod_ns}"),
                   expected=p.pod_ns, actual="missing")
+
+
+def _pod_check(name: str, title: str) -> Callable[[Callable[[Context, Plan], Verdict]], CheckFn]:
+    """Register a check of the pod built in the later exercises: it is called with the plan,
+    and only once the pod's netns (the first exercise) exists; before, it fails saying so."""
+    def deco(fn: Callable[[Context, Plan], Verdict]) -> CheckFn:
+        @LAB.check(name, title)
+        @functools.wraps(fn)
+        def check(ctx: Context) -> Verdict:
+            p = plan(ctx)
+            return fn(ctx, p) if is_netns(ctx, p.pod_ns) else _need_netns(p)
+        return check
+    return deco
 
 
 def _route_get(ctx: Context, netns: str, ip: str) -> str:
@@ -96,16 +111,14 @@ def check_netns(ctx: Context) -> Verdict:
     return _need_netns(p)
 
 
-@LAB.check("veth", "A veth pair joins the pod's eth0 to veth-byhand on the node")
-def check_veth(ctx: Context) -> Verdict:
-    p = plan(ctx)
-    if not is_netns(ctx, p.pod_ns):
-        return _need_netns(p)
+@_pod_check("veth", "A veth pair joins the pod's eth0 to veth-byhand on the node")
+def check_veth(ctx: Context, p: Plan) -> Verdict:
     create = p.on_node(f"ip link add {HOST_VETH} type veth peer name eth0 netns {p.pod_ns}")
-    eth0 = ctx.link(p.pod_ns, "eth0")
+    pod_links = links_by_name(ctx, p.pod_ns)
+    eth0 = pod_links.get("eth0")
     host = ctx.link(p.node_ns, HOST_VETH)
     if eth0 is None:
-        others = [ln["ifname"] for ln in ctx.links(p.pod_ns) if ln.get("ifname") != "lo"]
+        others = [n for n in pod_links if n != "lo"]
         if others:
             hint = (f"the pod's end must be called eth0: "
                     f"{p.in_pod(f'link set {others[0]} name eth0')}")
@@ -137,12 +150,10 @@ def check_veth(ctx: Context) -> Verdict:
                   f" on {NODE_NAME} are the two ends of one veth pair")
 
 
-@LAB.check("address", "eth0 has its address and is up; lo is up")
-def check_address(ctx: Context) -> Verdict:
-    p = plan(ctx)
-    if not is_netns(ctx, p.pod_ns):
-        return _need_netns(p)
-    eth0 = ctx.link(p.pod_ns, "eth0")
+@_pod_check("address", "eth0 has its address and is up; lo is up")
+def check_address(ctx: Context, p: Plan) -> Verdict:
+    pod_links = links_by_name(ctx, p.pod_ns)
+    eth0 = pod_links.get("eth0")
     if eth0 is None:
         return failed("the pod has no eth0 to put an address on",
                       hint="do the veth exercise first (LAB.run(\"veth\") tells you what is "
@@ -169,7 +180,7 @@ def check_address(ctx: Context) -> Verdict:
         return failed("eth0 in the pod is DOWN",
                       hint=p.in_pod("link set eth0 up"), expected="eth0 UP",
                       actual=state_words(eth0))
-    lo = ctx.link(p.pod_ns, "lo")
+    lo = pod_links.get("lo")
     if not is_up(lo):
         return failed("lo in the pod is DOWN: a new netns starts with its loopback down, so "
                       "even 127.0.0.1 does not work yet",
@@ -196,11 +207,8 @@ def _node_end_problem(ctx: Context, p: Plan) -> str | None:
     return None
 
 
-@LAB.check("route", "The pod's default route goes via the node, and it works")
-def check_route(ctx: Context) -> Verdict:
-    p = plan(ctx)
-    if not is_netns(ctx, p.pod_ns):
-        return _need_netns(p)
+@_pod_check("route", "The pod's default route goes via the node, and it works")
+def check_route(ctx: Context, p: Plan) -> Verdict:
     routes = ctx.routes(p.pod_ns)
     shown = "; ".join(f"{r.get('dst')}" + (f" via {r['gateway']}" if r.get("gateway") else "")
                       + f" dev {r.get('dev', '?')}" for r in routes) or "(empty table)"
@@ -233,11 +241,8 @@ def check_route(ctx: Context) -> Verdict:
                   f"its own subnet that only the default route leads to")
 
 
-@LAB.check("ping", "The node reaches the pod")
-def check_ping(ctx: Context) -> Verdict:
-    p = plan(ctx)
-    if not is_netns(ctx, p.pod_ns):
-        return _need_netns(p)
+@_pod_check("ping", "The node reaches the pod")
+def check_ping(ctx: Context, p: Plan) -> Verdict:
     if pings(ctx, p.node_ns, p.pod_ip):
         return passed(f"{NODE_NAME} pings the pod at {p.pod_ip} "
                       f"({_route_get(ctx, p.node_ns, p.pod_ip)})")
@@ -254,11 +259,8 @@ def _find_server(p: Plan) -> str:
     return p.on_node(f"ss -ltnp 'sport = :{PORT}'")
 
 
-@LAB.check("localhost", "Two processes in the pod talk over localhost")
-def check_localhost(ctx: Context) -> Verdict:
-    p = plan(ctx)
-    if not is_netns(ctx, p.pod_ns):
-        return _need_netns(p)
+@_pod_check("localhost", "Two processes in the pod talk over localhost")
+def check_localhost(ctx: Context, p: Plan) -> Verdict:
     in_pod = ctx.tcp_connects(p.pod_ns, "127.0.0.1", PORT)
     in_node = ctx.tcp_connects(p.node_ns, "127.0.0.1", PORT)
     start = (f'NODE.sh(f"ip netns exec {{POD}} setsid socat TCP-LISTEN:{PORT},bind=127.0.0.1,'

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from lab_kit import naming
+from lab_kit import kernel, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
-from lab_kit.labs import default_gateway, ipv4_of, is_netns, is_up, norm_answer, pings
+from lab_kit.labs import default_gateway, ip_of, ipv4_of, is_netns, is_up, norm_answer, pings
 
 LAB = Lab("00-welcome", "Welcome: a cluster made of kernel objects", "welcome")
 
@@ -15,18 +15,12 @@ PORT = 8080
 APPLY = 'c.apply("manifests/hello.yaml")'
 
 
-def _pod_netns(ctx: Context) -> str:
-    """The pod's netns name; attaching first, so a check on a stopped cluster says so."""
-    return naming.pod_netns(ctx.cluster.name, "default", POD)
-
-
-def _cluster_pods(ctx: Context) -> str:
-    """The pod namespaces of this cluster that exist in the kernel, for `actual:` lines."""
-    from lab_kit import kernel
-
+def _no_pod(ns: str, message: str, hint: str) -> Verdict:
+    """The pod's netns `ns` is missing: fail, listing the pod namespaces the kernel does have."""
     prefix = naming.cluster_netns_prefixes(LAB.cluster_name)[1]
     found = [n for n in kernel.list_netns() if n.startswith(prefix)]
-    return ", ".join(found) or "no pod namespaces at all"
+    return failed(message, hint=hint, expected=ns,
+                  actual=", ".join(found) or "no pod namespaces at all")
 
 
 @LAB.check("nodes-ready", "Every node is a network namespace on the underlay", exercise=False)
@@ -39,7 +33,7 @@ def nodes_ready(ctx: Context) -> Verdict:
                                "(replace=True rebuilds it from scratch)",
                           expected=n.netns, actual="missing")
         eth0 = ctx.link(n.netns, "eth0")
-        if not is_up(eth0) or ipv4_of(ctx, n.netns, "eth0") != n.ip:
+        if not is_up(eth0) or ip_of(eth0) != n.ip:
             return failed(f"node `{n.name}` has no working eth0 with {n.ip}",
                           hint="did a command take it down? `c.node(\"" + n.name + "\").sh(\"ip "
                                "link set eth0 up\")`, or rebuild with the first cell",
@@ -59,11 +53,10 @@ def nodes_ready(ctx: Context) -> Verdict:
 def hello_runs(ctx: Context) -> Verdict:
     from lab_kit.cluster import probe_socket
 
-    ns = _pod_netns(ctx)
+    ns = ctx.cluster.netns_name(POD)
     if not is_netns(ctx, ns):
-        return failed(f"there is no pod `{POD}`: its network namespace `{ns}` does not exist",
-                      hint=f"apply the manifest: `{APPLY}`, then look with `c.get_pods()`",
-                      expected=ns, actual=_cluster_pods(ctx))
+        return _no_pod(ns, f"there is no pod `{POD}`: its network namespace `{ns}` does not exist",
+                       hint=f"apply the manifest: `{APPLY}`, then look with `c.get_pods()`")
     ip = ipv4_of(ctx, ns, "eth0")
     if ip is None:
         return failed(f"pod `{POD}` exists but its eth0 has no IPv4 address",
@@ -90,11 +83,10 @@ LOOK = f'c.pod("{POD}").sh("ip -4 -br addr show eth0")'
 @LAB.check("hello-ip", "You found the pod's IP address from inside the pod")
 def hello_ip(ctx: Context) -> Verdict:
     # evidence: the address on eth0 inside the pod's netns, read from the kernel right now
-    ns = _pod_netns(ctx)
+    ns = ctx.cluster.netns_name(POD)
     if not is_netns(ctx, ns):
-        return failed(f"pod `{POD}` does not exist yet, so it has no address to find",
-                      hint=f"do the first exercise (`{APPLY}`) before this one",
-                      expected=ns, actual=_cluster_pods(ctx))
+        return _no_pod(ns, f"pod `{POD}` does not exist yet, so it has no address to find",
+                       hint=f"do the first exercise (`{APPLY}`) before this one")
     addresses = ctx.ipv4s(ctx.link(ns, "eth0"))  # e.g. ["10.244.1.2/24"]
     if not addresses:
         return failed(f"eth0 in pod `{POD}` has no IPv4 address",

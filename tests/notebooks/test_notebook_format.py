@@ -36,6 +36,8 @@ def test_every_notebook_is_a_lab_and_every_lab_a_notebook():
     assert on_disk == set(LABS)
     for lab_id in LABS:
         assert get_lab(lab_id).lab_id == lab_id
+    for path in NOTEBOOKS.values():
+        assert path.is_file()
 
 
 @pytest.mark.parametrize("lab_id", LAB_IDS)
@@ -124,8 +126,3 @@ def test_check_cells_only_check(lab_id):
     for src in code_sources(read_notebook(lab_id)):
         if src.startswith("LAB.run("):
             assert src.count("\n") == 0, src
-
-
-def test_notebooks_dict_points_at_files():
-    for path in NOTEBOOKS.values():
-        assert path.is_file()

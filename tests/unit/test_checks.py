@@ -43,7 +43,7 @@ def make_lab() -> Lab:
     def _ok(ctx: Context) -> Verdict:
         return passed(f"answer is {ctx.get('answer')}")
 
-    @lab.check("no", "Always fails", exercise=True)
+    @lab.check("no", "Always fails")  # an exercise by default
     def _no(ctx: Context) -> Verdict:
         return failed("nothing there", hint="do the exercise", expected=1, actual=0)
 
@@ -191,7 +191,7 @@ def test_exercise_flag_is_kept():
         return passed("x")
 
     assert lab.checks["demo"].exercise is False
-    assert make_lab().checks["no"].exercise is True
+    assert make_lab().checks["no"].exercise is True  # the default
 
 
 def test_the_labs_are_registered_and_their_checks_well_formed():
