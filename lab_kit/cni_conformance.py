@@ -30,7 +30,6 @@ import ipaddress
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_kit import cni, kernel, naming, observe
+from lab_kit.checks import Context, failed, passed
 from lab_kit.errors import LabError
 from lab_kit.state import state_root
 
@@ -89,9 +89,8 @@ class Invocation:
 
     def shell(self) -> str:
         """The call as a root shell would make it (the namespaces are gone after the run)."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        return (f"nsenter --net={kernel.netns_path(self.netns)} env {env} {shlex.quote(self.exe)}"
-                f" <<'EOF'\n{self.stdin}\nEOF")
+        return kernel.JournalEntry(0.0, self.netns, [self.exe], self.rc, stdin=self.stdin,
+                                   env=self.env).command()
 
     def brief(self) -> str:
         """exit code, stdout and the gist of stderr, cut short."""
@@ -130,7 +129,7 @@ class CaseResult:
     calls: tuple[Invocation, ...] = ()
     blocked_by: str = ""  # the case whose failure kept this one from running (add-result)
 
-    def summary(self, calls: bool = True) -> str:
+    def summary(self) -> str:
         lines = [f"[{'PASS' if self.passed else 'FAIL'}] {self.name}: {self.title}  — "
                  f"{self.message}"]
         if not self.passed:
@@ -139,7 +138,7 @@ class CaseResult:
                 lines.append(f"       actual:   {self.actual}")
             if self.hint:
                 lines.append(f"       hint: {self.hint}")
-            if calls and self.calls:
+            if self.calls:
                 last = self.calls[-1]
                 lines.append("       last call: " + last.shell().replace("\n", "\n       "))
                 lines.append(f"       -> {last.brief()}")
@@ -393,11 +392,12 @@ def result_problems(result: Any, *, netns: str, ifname: str, subnet: str,
 # --- the cases -----------------------------------------------------------------------------------
 
 class _Fail(Exception):
+    """A failed case: its verdict, and the case whose failure kept it from running at all."""
+
     def __init__(self, message: str, hint: str = "", expected: Any = "", actual: Any = "",
                  blocked_by: str = "") -> None:
         super().__init__(message)
-        self.message, self.hint, self.expected, self.actual = (
-            message, hint, str(expected), str(actual))
+        self.verdict = failed(message, hint, expected, actual)
         self.blocked_by = blocked_by
 
     @classmethod
@@ -450,6 +450,9 @@ class _Session:
         self.calls: list[Invocation] = []
         self.pods: list[_Pod] = []
         self.paths = cni.cni_path()
+        # what the plugin gets on stdin: the `bridge` plugin's config, with the plugin as `type`
+        self.conf = cni.render_bridge_conflist(SUBNET, str(self.data_dir), plugin=exe)[
+            "plugins"][0]
         self._made_node = False
 
     # the scratch node -------------------------------------------------------------------
@@ -460,13 +463,6 @@ class _Session:
         self.runner.run(["ip", "netns", "add", self.node])
         self.runner.run(["ip", "link", "set", "lo", "up"], self.node)
         self._made_node = True
-
-    def plugin_conf(self) -> dict[str, Any]:
-        return cni.render_bridge_conflist(SUBNET, str(self.data_dir), plugin=self.exe)[
-            "plugins"][0]
-
-    def request(self, prev_result: dict[str, Any] | None = None) -> str:
-        return json.dumps(cni.request_config(self.plugin_conf(), NETWORK, prev_result))
 
     def new_pod(self, tag: str) -> _Pod:
         self.ensure_node()
@@ -496,13 +492,15 @@ class _Session:
         for k in drop:
             env.pop(k, None)
         if stdin is None:
-            stdin = self.request(prev_result)
+            stdin = json.dumps(cni.request_config(self.conf, NETWORK, prev_result))
         inv = run_plugin(self.exe, self.node, env, stdin, self.timeout)
         self.calls.append(inv)
         return inv
 
-    def add(self, pod: _Pod) -> dict[str, Any]:
-        """A good ADD, needed before the case can test anything else."""
+    def wired_pod(self, tag: str) -> tuple[_Pod, dict[str, Any], str, str | None]:
+        """A new pod with a good ADD, which the case needs before it can test anything else:
+        the pod, the ADD result, and the result's IPv4 address and gateway."""
+        pod = self.new_pod(tag)
         inv = self.call("ADD", pod)
         result = inv.output()
         if inv.rc != 0 or not isinstance(result, dict):
@@ -510,7 +508,7 @@ class _Session:
                         f"{inv.gist()}", "make ADD work first: case add-result shows what is "
                         "wrong", expected="ADD exits 0 with a result", actual=inv.brief(),
                         blocked_by="add-result")
-        return result
+        return (pod, result, *_sandbox_ip(result))
 
     # reading the kernel -----------------------------------------------------------------
     def view(self, netns: str) -> observe.NetnsView:
@@ -520,13 +518,9 @@ class _Session:
         """host-local keeps one file per address it handed out: dataDir/<network>/<ip>."""
         return (self.data_dir / NETWORK / address.split("/")[0]).exists()
 
-    def pings(self, netns: str, ip: str, tries: int = 2) -> bool:
-        for _ in range(tries):
-            r = self.runner.run(["ping", "-c", "1", "-W", "1", "-q", ip], netns, check=False,
-                                record=False, timeout=5)
-            if r.rc == 0:
-                return True
-        return False
+    @staticmethod
+    def pings(netns: str, ip: str, tries: int = 2) -> bool:
+        return any(Context.ping(netns, ip) for _ in range(tries))
 
 
 def run_plugin(exe: str, netns: str, env: dict[str, str], stdin: str,
@@ -580,7 +574,7 @@ def _version(s: _Session) -> str:
     return f"VERSION answers {_cut(inv.stdout.strip())}"
 
 
-def _expect_error(s: _Session, inv: Invocation, code: int | None, why: str) -> str:
+def _expect_error(inv: Invocation, code: int | None, why: str) -> str:
     p = error_problem(inv.rc, inv.stdout, inv.stderr, code, why)
     if p:
         raise _Fail.of(p, expected=f'exit != 0, stdout {{"cniVersion", "code": {code or "N"}, '
@@ -591,13 +585,13 @@ def _expect_error(s: _Session, inv: Invocation, code: int | None, why: str) -> s
 @_case("error-unknown-command", "An unknown CNI_COMMAND gets the spec's error JSON, code 4")
 def _unknown_command(s: _Session) -> str:
     pod = s.new_pod("unknown-command")
-    return _expect_error(s, s.call("FROB", pod), 4, "an unknown CNI_COMMAND (FROB)")
+    return _expect_error(s.call("FROB", pod), 4, "an unknown CNI_COMMAND (FROB)")
 
 
 @_case("error-bad-config", "A config that is not JSON gets the spec's error JSON, code 6")
 def _bad_config(s: _Session) -> str:
     pod = s.new_pod("bad-config")
-    return _expect_error(s, s.call("ADD", pod, stdin='{"cniVersion": "1.0.0", "name": '),
+    return _expect_error(s.call("ADD", pod, stdin='{"cniVersion": "1.0.0", "name": '),
                          6, "a config on stdin that is not JSON")
 
 
@@ -605,7 +599,7 @@ def _bad_config(s: _Session) -> str:
 def _missing_env(s: _Session) -> str:
     pod = s.new_pod("missing-env")
     inv = s.call("ADD", pod, drop=["CNI_NETNS"])
-    msg = _expect_error(s, inv, 4, "ADD without CNI_NETNS")
+    msg = _expect_error(inv, 4, "ADD without CNI_NETNS")
     err = inv.output()
     if "CNI_NETNS" not in f"{err.get('msg', '')} {err.get('details', '')}":
         raise _Fail(f"the error does not name CNI_NETNS: {_cut(inv.stdout)}",
@@ -654,9 +648,7 @@ def _sandbox_ip(result: dict[str, Any]) -> tuple[str, str | None]:
 @_case("add-kernel", "After ADD, CNI_IFNAME in the netns is up, on the bridge, with the result's "
                      "address and routes")
 def _add_kernel(s: _Session) -> str:
-    pod = s.new_pod("add-kernel")
-    result = s.add(pod)
-    address, gateway = _sandbox_ip(result)
+    pod, result, address, gateway = s.wired_pod("add-kernel")
     v = s.view(pod.netns)
     ln = v.link(IFNAME)
     if ln is None:
@@ -699,8 +691,8 @@ def _add_kernel(s: _Session) -> str:
                         actual="; ".join(x.text() for x in v.routes) or "no routes")
     gw_ip = gateway or ""
     if gw_ip and not s.pings(pod.netns, gw_ip):
-        has_gw = any(a.split("/")[0] == gw_ip for a in (node.link(BRIDGE).addresses
-                                                       if node.link(BRIDGE) else ()))
+        br = node.link(BRIDGE)
+        has_gw = br is not None and any(a.split("/")[0] == gw_ip for a in br.addresses)
         raise _Fail(f"the pod cannot ping its gateway {gw_ip}",
                     f"with isGateway the bridge {BRIDGE} carries the gateway address: ip addr add "
                     f"{gw_ip}/<prefix> dev {BRIDGE}; and {BRIDGE} must be up" if not has_gw else
@@ -712,9 +704,7 @@ def _add_kernel(s: _Session) -> str:
 
 @_case("add-existing", "ADD into a netns that already has CNI_IFNAME fails, and leaves it alone")
 def _add_existing(s: _Session) -> str:
-    pod = s.new_pod("add-existing")
-    result = s.add(pod)
-    address, _ = _sandbox_ip(result)
+    pod, _, address, _ = s.wired_pod("add-existing")
     inv = s.call("ADD", pod)
     p = error_problem(inv.rc, inv.stdout, inv.stderr, None, f"ADD when {IFNAME} already exists")
     if p:
@@ -732,22 +722,27 @@ def _add_existing(s: _Session) -> str:
 
 # DEL ------------------------------------------------------------------------------------------
 
-def _del_ok(s: _Session, inv: Invocation, what: str) -> None:
+def _del_ok(inv: Invocation, what: str,
+            hint: str = "DEL must succeed when what it would remove is already gone (the spec: "
+                        "plugins MUST accept multiple DELs); skip what is missing") -> None:
     if inv.rc != 0:
-        raise _Fail(f"{what} failed (exit {inv.rc}): {inv.gist()}",
-                    "DEL must succeed when what it would remove is already gone (the spec: "
-                    "plugins MUST accept multiple DELs); skip what is missing",
-                    expected="exit 0", actual=inv.brief())
+        raise _Fail(f"{what} failed (exit {inv.rc}): {inv.gist()}", hint, expected="exit 0",
+                    actual=inv.brief())
+
+
+def _released(s: _Session, address: str, after: str, hint: str) -> None:
+    ip = address.split("/")[0]
+    if s.reserved(address):
+        raise _Fail(f"{ip} is still reserved by host-local after {after}", hint,
+                    expected="no reservation", actual=f"{NETWORK}/{ip} in host-local's dataDir")
 
 
 @_case("del-twice", "DEL removes the interface and releases the address; a second DEL succeeds")
 def _del_twice(s: _Session) -> str:
-    pod = s.new_pod("del-twice")
-    result = s.add(pod)
-    address, _ = _sandbox_ip(result)
+    pod, result, address, _ = s.wired_pod("del-twice")
     eth = s.view(pod.netns).link(IFNAME)
     host = s.view(s.node).by_index(eth.peer_ifindex) if eth and eth.peer_ifindex else None
-    _del_ok(s, s.call("DEL", pod, prev_result=result), "DEL")
+    _del_ok(s.call("DEL", pod, prev_result=result), "DEL")
     if s.view(pod.netns).link(IFNAME) is not None:
         raise _Fail(f"{IFNAME} is still in the pod's netns after DEL",
                     f"delete it: nsenter --net=$CNI_NETNS ip link del {IFNAME}",
@@ -755,39 +750,28 @@ def _del_twice(s: _Session) -> str:
     if host is not None and s.view(s.node).link(host.name) is not None:
         raise _Fail(f"the node's end of the veth, {host.name}, is still there after DEL",
                     f"ip link del {host.name}", expected="gone", actual=host.name)
-    if s.reserved(address):
-        raise _Fail(f"{address.split('/')[0]} is still reserved by host-local after DEL",
-                    "delegate DEL to the IPAM plugin too: run host-local with CNI_COMMAND=DEL "
-                    "and the same config, so it releases the address",
-                    expected="no reservation", actual=f"{NETWORK}/{address.split('/')[0]} in "
-                                                      "host-local's dataDir")
-    _del_ok(s, s.call("DEL", pod, prev_result=result), "the second DEL")
+    _released(s, address, "DEL", "delegate DEL to the IPAM plugin too: run host-local with "
+              "CNI_COMMAND=DEL and the same config, so it releases the address")
+    _del_ok(s.call("DEL", pod, prev_result=result), "the second DEL")
     return f"DEL removed {IFNAME} and released {address}; a second DEL succeeded too"
 
 
 @_case("del-unknown", "DEL of a container that was never added succeeds")
 def _del_unknown(s: _Session) -> str:
     pod = s.new_pod("del-unknown")
-    _del_ok(s, s.call("DEL", pod), "DEL of a container the plugin never saw")
+    _del_ok(s.call("DEL", pod), "DEL of a container the plugin never saw")
     return "DEL of an unknown container exited 0"
 
 
 @_case("del-netns-gone", "DEL after the pod's netns is gone succeeds and releases the address")
 def _del_netns_gone(s: _Session) -> str:
-    pod = s.new_pod("del-netns-gone")
-    result = s.add(pod)
-    address, _ = _sandbox_ip(result)
+    pod, result, address, _ = s.wired_pod("del-netns-gone")
     s.runner.run(["ip", "netns", "del", pod.netns])
-    inv = s.call("DEL", pod, prev_result=result)
-    if inv.rc != 0:
-        raise _Fail(f"DEL failed once the netns was gone (exit {inv.rc}): {inv.gist()}",
-                    "CNI_NETNS may name a netns that no longer exists: skip the pod's side and "
-                    "still release the address (DEL is best effort)", expected="exit 0",
-                    actual=inv.brief())
-    if s.reserved(address):
-        raise _Fail(f"{address.split('/')[0]} is still reserved after DEL (the netns was gone)",
-                    "delegate DEL to the IPAM plugin even when the netns is gone",
-                    expected="no reservation", actual="still reserved")
+    _del_ok(s.call("DEL", pod, prev_result=result), "DEL once the netns was gone",
+            "CNI_NETNS may name a netns that no longer exists: skip the pod's side and still "
+            "release the address (DEL is best effort)")
+    _released(s, address, "DEL (the netns was gone)",
+              "delegate DEL to the IPAM plugin even when the netns is gone")
     return f"DEL with CNI_NETNS gone exited 0 and released {address}"
 
 
@@ -795,8 +779,7 @@ def _del_netns_gone(s: _Session) -> str:
 
 @_case("check-good", "CHECK passes on a good attachment")
 def _check_good(s: _Session) -> str:
-    pod = s.new_pod("check-good")
-    result = s.add(pod)
+    pod, result, _, _ = s.wired_pod("check-good")
     inv = s.call("CHECK", pod, prev_result=result)
     if inv.rc != 0:
         raise _Fail(f"CHECK failed right after a good ADD (exit {inv.rc}): {inv.gist()}",
@@ -808,9 +791,7 @@ def _check_good(s: _Session) -> str:
 
 @_case("check-detects", "CHECK fails when the pod's address is gone")
 def _check_detects(s: _Session) -> str:
-    pod = s.new_pod("check-detects")
-    result = s.add(pod)
-    address, _ = _sandbox_ip(result)
+    pod, result, address, _ = s.wired_pod("check-detects")
     s.runner.run(["ip", "addr", "flush", "dev", IFNAME], pod.netns)
     inv = s.call("CHECK", pod, prev_result=result)
     if inv.rc == 0:
@@ -947,18 +928,16 @@ def _run_case(s: _Session, case: Case) -> CaseResult:
     t0 = time.monotonic()
     blocked = ""
     try:
-        message = case.fn(s)
-        ok, hint, expected, actual = True, "", "", ""
+        v = passed(case.fn(s))
     except _Fail as f:
-        ok, message, hint, expected, actual = False, f.message, f.hint, f.expected, f.actual
-        blocked = f.blocked_by
+        v, blocked = f.verdict, f.blocked_by
     except Exception as e:  # a misbehaving plugin must not crash the suite
-        ok, message = False, f"the suite could not run this case: {type(e).__name__}: {e}"
-        hint, expected, actual = "the plugin calls below show what it did", "", ""
+        v = failed(f"the suite could not run this case: {type(e).__name__}: {e}",
+                   "the plugin calls below show what it did")
     finally:
         with contextlib.suppress(LabError, OSError):
             s.drop_pods()
-    return CaseResult(case.name, case.title, ok, message, hint, expected, actual,
+    return CaseResult(case.name, case.title, v.passed, v.message, v.hint, v.expected, v.actual,
                       time.monotonic() - t0, tuple(s.calls), blocked)
 
 

@@ -22,12 +22,13 @@ from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.cni_conformance import (
     CASES,
     CaseResult,
+    ConformanceReport,
     explain_unreachable,
     pod_manifest,
     run_conformance,
 )
 from lab_kit.errors import LabError
-from lab_kit.labs import ipv4_of, is_netns, peer_netns, state_words
+from lab_kit.labs import is_netns, peer_netns, state_words
 
 __all__ = ["LAB", "install_launcher", "parts_dir", "pod_manifest"]
 
@@ -39,6 +40,7 @@ PODS = {"by-bridge": BRIDGE_NODE, "by-my-cni": PLUGIN_NODE}
 PORT = 8080
 CONFORMANCE_NAME = "cniconf"  # the conformance suite's namespaces and cluster
 PARTS = {1: "1-protocol.py", 2: "2-add.py", 3: "3-del.py", 4: "4-check.py"}
+# each check's conformance cases, and the part of the plugin they test
 GROUPS: dict[str, tuple[str, ...]] = {
     "version": ("version",),
     "errors": ("error-unknown-command", "error-bad-config", "error-missing-env"),
@@ -46,11 +48,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "del": ("del-twice", "del-unknown", "del-netns-gone"),
     "check": ("check-good", "check-detects"),
 }
-PART_OF_CASE = {"version": 1, "error-unknown-command": 1, "error-bad-config": 1,
-                "error-missing-env": 1, "add-result": 2, "add-kernel": 2, "add-existing": 2,
-                "del-twice": 3, "del-unknown": 3, "del-netns-gone": 3, "check-good": 4,
-                "check-detects": 4, "cross-node": 2}
-APPLY = f'c.apply([pod_manifest("by-my-cni", "{PLUGIN_NODE}")])'
+PART_OF_GROUP = {"version": 1, "errors": 1, "add": 2, "del": 3, "check": 4}
+PART_OF_CASE = {case: PART_OF_GROUP[g] for g, cases in GROUPS.items() for case in cases} | {
+    "cross-node": 2}  # pods on another node: what ADD made
 
 LAUNCHER = '''#!/usr/bin/env python3
 """my-cni: the CNI plugin you write in lab 06 (labs/06-write-a-cni-plugin.ipynb).
@@ -109,14 +109,23 @@ def _where(case: CaseResult) -> str:
     return f"part {n} (the cell `%%writefile $PARTS/{PARTS[n]}`)"
 
 
-def _suite(ctx: Context, check: str) -> Verdict:
+def _conformance(ctx: Context,
+                 cases: tuple[str, ...] | None = None) -> ConformanceReport | Verdict:
+    """The suite's report on the lab's plugin (all cases, or `cases`), or why it cannot run."""
     plugin = plugin_path(ctx)
     try:
-        report = run_conformance(plugin, cases=GROUPS[check], name=CONFORMANCE_NAME)
+        return run_conformance(plugin, cases=cases, name=CONFORMANCE_NAME)
     except LabError as e:
         return failed(f"the plugin cannot run: {e}",
                       hint="run the notebook's first cell again: it installs the launcher at "
                            f"{plugin}", expected=f"an executable {plugin}", actual=str(e))
+
+
+def _suite(ctx: Context, check: str) -> Verdict:
+    """Check `check`: its conformance cases (GROUPS) against the lab's plugin."""
+    report = _conformance(ctx, GROUPS[check])
+    if isinstance(report, Verdict):
+        return report
     if report.passed:
         return passed("; ".join(c.message for c in report.cases))
     c = report.failed[0]
@@ -126,19 +135,14 @@ def _suite(ctx: Context, check: str) -> Verdict:
                   expected=c.expected, actual=c.actual)
 
 
-@LAB.check("version", "VERSION: the plugin says which spec versions it speaks")
-def check_version(ctx: Context) -> Verdict:
-    return _suite(ctx, "version")
+def _suite_check(check: str, title: str) -> None:
+    LAB.check(check, title)(lambda ctx: _suite(ctx, check))
 
 
-@LAB.check("errors", "Errors: an unknown command, a bad config, a missing variable")
-def check_errors(ctx: Context) -> Verdict:
-    return _suite(ctx, "errors")
-
-
-@LAB.check("add", "ADD wires a pod: the result, the kernel, and no second eth0")
-def check_add(ctx: Context) -> Verdict:
-    return _suite(ctx, "add")
+# registered in the notebook's order: LAB.run() runs them so
+_suite_check("version", "VERSION: the plugin says which spec versions it speaks")
+_suite_check("errors", "Errors: an unknown command, a bad config, a missing variable")
+_suite_check("add", "ADD wires a pod: the result, the kernel, and no second eth0")
 
 
 @LAB.check("pods", "by-my-cni (your plugin) and by-bridge (bridge) talk across nodes")
@@ -152,15 +156,14 @@ def check_pods(ctx: Context) -> Verdict:
         ns = naming.pod_netns(name, "default", pod)
         nets[pod] = ns
         if not is_netns(ctx, ns):
-            how = APPLY if pod == "by-my-cni" else (
-                f'c.apply([pod_manifest("by-bridge", "{BRIDGE_NODE}")])')
+            how = f'c.apply([pod_manifest("{pod}", "{node}")])'
             extra = ("; if c.apply raised an error, it came from your plugin's ADD: "
                      "LAB.run(\"add\") tests ADD on its own") if pod == "by-my-cni" else ""
             return failed(f"pod {pod} does not exist: no network namespace `{ns}`",
                           hint=f"apply it: {how}{extra}", expected=ns, actual="missing")
         eth0 = ctx.link(ns, "eth0")
-        ip = ipv4_of(ctx, ns, "eth0")
-        if eth0 is None or ip is None:
+        addrs = ctx.ipv4s(eth0)
+        if not addrs:
             return failed(f"pod {pod} has no eth0 with an address",
                           hint="the plugin's ADD must create eth0 in CNI_NETNS and give it "
                                "the address IPAM returned (LAB.run(\"add\") checks ADD)",
@@ -170,7 +173,7 @@ def check_pods(ctx: Context) -> Verdict:
             return failed(f"pod {pod}'s eth0 is wired to `{where}`, not to node {node}",
                           hint=f"delete the pod (c.delete(pod=\"{pod}\")) and apply it again",
                           expected=naming.node_netns(node), actual=str(where))
-        ips[pod] = ip
+        ips[pod] = addrs[0].split("/")[0]
     done = []
     for src, dst in (("by-my-cni", "by-bridge"), ("by-bridge", "by-my-cni")):
         r = probe_socket(src, nets[src], dst, ips[dst], PORT, "TCP", "/hostname", 2.0)
@@ -186,25 +189,15 @@ def check_pods(ctx: Context) -> Verdict:
                   f"/hostname: {', '.join(done)}")
 
 
-@LAB.check("del", "DEL undoes ADD, releases the address, and may run twice")
-def check_del(ctx: Context) -> Verdict:
-    return _suite(ctx, "del")
-
-
-@LAB.check("check", "CHECK passes on a good pod and fails on a broken one")
-def check_check(ctx: Context) -> Verdict:
-    return _suite(ctx, "check")
+_suite_check("del", "DEL undoes ADD, releases the address, and may run twice")
+_suite_check("check", "CHECK passes on a good pod and fails on a broken one")
 
 
 @LAB.check("conformance", "The whole conformance suite passes", points=2)
 def check_conformance(ctx: Context) -> Verdict:
-    plugin = plugin_path(ctx)
-    try:
-        report = run_conformance(plugin, name=CONFORMANCE_NAME)
-    except LabError as e:
-        return failed(f"the plugin cannot run: {e}",
-                      hint=f"run the notebook's first cell again: it installs {plugin}",
-                      expected=f"an executable {plugin}", actual=str(e))
+    report = _conformance(ctx)
+    if isinstance(report, Verdict):
+        return report
     if report.passed:
         return passed(f"all {len(report.cases)} cases pass ({report.seconds:.1f} s): VERSION, "
                       "errors, ADD, DEL, CHECK, and TCP both ways between a pod your plugin "
