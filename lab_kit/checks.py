@@ -29,6 +29,27 @@ from typing import Any
 from lab_kit import kernel
 
 
+def failure_lines(expected: str, actual: str, hint: str, indent: str = "       ") -> list[str]:
+    """The text under a failed check (or conformance case): expected/actual and the hint."""
+    lines = []
+    if expected or actual:
+        lines += [f"{indent}expected: {expected}", f"{indent}actual:   {actual}"]
+    if hint:
+        lines.append(f"{indent}hint: {hint}")
+    return lines
+
+
+def failure_html(expected: str, actual: str, hint: str) -> str:
+    """`failure_lines` as HTML."""
+    out = ""
+    if expected or actual:
+        out += (f"<div><small>expected: <code>{html.escape(expected)}</code>"
+                f"<br>actual: <code>{html.escape(actual)}</code></small></div>")
+    if hint:
+        out += f"<div>💡 {html.escape(hint)}</div>"
+    return out
+
+
 @dataclass(frozen=True)
 class CheckResult:
     name: str
@@ -50,11 +71,7 @@ class CheckResult:
         mark = "PASS" if self.passed else "FAIL"
         lines = [f"[{mark}] {self.title} ({self.score:g}/{self.points:g})  — {self.message}"]
         if not self.passed:
-            if self.expected or self.actual:
-                lines.append(f"       expected: {self.expected}")
-                lines.append(f"       actual:   {self.actual}")
-            if self.hint:
-                lines.append(f"       hint: {self.hint}")
+            lines += failure_lines(self.expected, self.actual, self.hint)
         return "\n".join(lines)
 
     __str__ = summary
@@ -63,13 +80,7 @@ class CheckResult:
         colour = "#1a7f37" if self.passed else "#cf222e"
         icon = "✔" if self.passed else "✘"
         body = f"<b>{html.escape(self.title)}</b> — {html.escape(self.message)}"
-        extra = ""
-        if not self.passed:
-            if self.expected or self.actual:
-                extra += (f"<div><small>expected: <code>{html.escape(self.expected)}</code>"
-                          f"<br>actual: <code>{html.escape(self.actual)}</code></small></div>")
-            if self.hint:
-                extra += f"<div>💡 {html.escape(self.hint)}</div>"
+        extra = "" if self.passed else failure_html(self.expected, self.actual, self.hint)
         return (f'<div style="border-left:4px solid {colour};padding:4px 8px;margin:4px 0">'
                 f'<span style="color:{colour}">{icon}</span> {body} '
                 f"<small>({self.score:g}/{self.points:g})</small>{extra}</div>")

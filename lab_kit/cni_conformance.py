@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_kit import cni, kernel, naming, observe
-from lab_kit.checks import Context, failed, passed
+from lab_kit.checks import Context, failed, failure_html, failure_lines, passed
 from lab_kit.errors import LabError
 from lab_kit.state import state_root
 
@@ -133,11 +133,7 @@ class CaseResult:
         lines = [f"[{'PASS' if self.passed else 'FAIL'}] {self.name}: {self.title}  — "
                  f"{self.message}"]
         if not self.passed:
-            if self.expected or self.actual:
-                lines.append(f"       expected: {self.expected}")
-                lines.append(f"       actual:   {self.actual}")
-            if self.hint:
-                lines.append(f"       hint: {self.hint}")
+            lines += failure_lines(self.expected, self.actual, self.hint)
             if self.calls:
                 last = self.calls[-1]
                 lines.append("       last call: " + last.shell().replace("\n", "\n       "))
@@ -188,11 +184,7 @@ class ConformanceReport:
             icon = "✔" if c.passed else "✘"
             extra = ""
             if not c.passed:
-                if c.expected or c.actual:
-                    extra += (f"<div><small>expected: <code>{html.escape(c.expected)}</code><br>"
-                              f"actual: <code>{html.escape(c.actual)}</code></small></div>")
-                if c.hint:
-                    extra += f"<div>💡 {html.escape(c.hint)}</div>"
+                extra += failure_html(c.expected, c.actual, c.hint)
                 if c.calls:
                     last = c.calls[-1]
                     extra += ("<details><summary>the plugin's last call</summary><pre>"
