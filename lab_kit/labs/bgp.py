@@ -31,13 +31,15 @@ from lab_kit import backends, config, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
 from lab_kit.labs import ipv4_of, is_netns, norm_answer
+from lab_kit.labs.host_gw import route_net, route_text
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster, Table
 
 LAB = Lab("05-bgp-like-calico", "BGP routing like Calico", "bgp")
 
-# labs/clusters/bgp.yaml, as the lab's code sees it (tests/unit/test_lab_bgp.py keeps them equal)
+# labs/clusters/bgp.yaml, as the lab's code sees it (tests/unit/test_lab_bgp_unit.py keeps them
+# equal)
 ORIGINAL = config.parse_config({
     "kind": "Cluster", "apiVersion": config.KIND_API_VERSION, "name": "bgp",
     "nodes": [{"role": "control-plane"}, {"role": "worker"}, {"role": "worker"}],
@@ -116,12 +118,21 @@ class Session:
         return f"{self.state} {self.info}".strip()
 
 
+def _protocols(cluster: Cluster, node: config.NodeConfig) -> list[dict[str, str]]:
+    """`birdc show protocols` on `node` (not journaled), parsed. Raises LabError if BIRD is
+    silent."""
+    return parse_protocols(backends.birdc(cluster.runner, node, cluster.bird_paths(node.name),
+                                          "show", "protocols", record=False))
+
+
+def _sessions(node: str, rows: list[dict[str, str]]) -> list[Session]:
+    return [Session(node, r["name"], r["state"], r["since"], r["info"])
+            for r in rows if r["proto"] == "BGP"]
+
+
 def read_sessions(cluster: Cluster, node: config.NodeConfig) -> list[Session]:
     """The BGP sessions of `node`'s BIRD (not journaled). Raises LabError if BIRD is silent."""
-    out = backends.birdc(cluster.runner, node, cluster.bird_paths(node.name), "show",
-                         "protocols", record=False)
-    return [Session(node.name, r["name"], r["state"], r["since"], r["info"])
-            for r in parse_protocols(out) if r["proto"] == "BGP"]
+    return _sessions(node.name, _protocols(cluster, node))
 
 
 def _node_name_by_ip(cluster: Cluster) -> dict[str, str]:
@@ -194,18 +205,16 @@ def session_timeline(cluster: Cluster, node: str) -> str:
     """
     conf = cluster.config
     me = conf.node(node)
-    out = backends.birdc(cluster.runner, me, cluster.bird_paths(node), "show", "protocols",
-                         record=False)
-    rows = parse_protocols(out)
+    rows = _protocols(cluster, me)
     start = next((r["since"] for r in rows if r["proto"] == "Device"), None)
     t0 = _clock(start or "")
     lines = [f"BIRD on {node} started at {start}; its sessions came up (at both ends):"]
     names = _node_name_by_ip(cluster)
     last = 0.0
-    for s in read_sessions(cluster, me):
+    for s in _sessions(node, rows):
         peer = names.get(s.peer_ip or "", s.peer_ip or "?")
         far = None
-        if peer in names.values():
+        if s.peer_ip in names:
             far = next((x for x in read_sessions(cluster, conf.node(peer))
                         if x.peer_ip == me.ip), None)
         ends = [s] + ([far] if far else [])
@@ -321,17 +330,6 @@ def _session_problem(ctx: Context, nodes: list[config.NodeConfig]
     return None, False
 
 
-def _describe(r: dict[str, Any]) -> str:
-    parts = [r.get("type", "") if r.get("type", "unicast") != "unicast" else "", r.get("dst", "")]
-    if r.get("gateway"):
-        parts.append(f"via {r['gateway']}")
-    if r.get("dev"):
-        parts.append(f"dev {r['dev']}")
-    if r.get("protocol"):
-        parts.append(f"proto {r['protocol']}")
-    return " ".join(p for p in parts if p)
-
-
 def _route_problem(ctx: Context, nodes: list[config.NodeConfig]) -> tuple[Verdict | None, bool]:
     """Every node has `<other's pod CIDR> via <other's IP> dev eth0 proto bird` for each other."""
     for n in nodes:
@@ -353,7 +351,7 @@ def _route_problem(ctx: Context, nodes: list[config.NodeConfig]) -> tuple[Verdic
                               hint=f"delete it (c.node(\"{n.name}\").sh(\"ip route del "
                                    f"{o.pod_cidr}\")) and let BIRD install its own: "
                                    f"{_birdc_hint(n.name, 'reload out kernel1')}",
-                              expected=want, actual=_describe(r)), False
+                              expected=want, actual=route_text(r)), False
     return None, False
 
 
@@ -501,17 +499,13 @@ def check_withdrawn(ctx: Context) -> Verdict:
     for n in nodes:
         for r in ctx.routes(naming.node_netns(n.name)):
             dst = r.get("dst", "")
-            try:
-                hits = dst != "default" and ipaddress.ip_network(
-                    dst if "/" in dst else f"{dst}/32").overlaps(net)
-            except ValueError:
-                hits = False
+            hits = dst != "default" and (d := route_net(dst)) is not None and d.overlaps(net)
             if hits or r.get("gateway") == gone.ip:
-                return failed(f"{n.name} still routes to {REMOVE}'s pods: `{_describe(r)}`",
+                return failed(f"{n.name} still routes to {REMOVE}'s pods: `{route_text(r)}`",
                               hint=f"{REMOVE}'s BIRD must close its sessions (c.remove_node "
                                    "stops it, and it sends a Cease) so that its peers withdraw "
                                    f"what it announced; see {_birdc_hint(n.name, 'show route')}",
-                              expected=f"no route to {gone.pod_cidr}", actual=_describe(r))
+                              expected=f"no route to {gone.pod_cidr}", actual=route_text(r))
         try:
             sessions = read_sessions(ctx.cluster, n)
         except LabError:

@@ -18,11 +18,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab_kit import kernel, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
-from lab_kit.labs import ipv4_of, is_netns, norm_answer
+from lab_kit.labs import ip_of, ipv4_of, is_netns, links_by_name, norm_answer
+
+if TYPE_CHECKING:
+    from lab_kit.cluster import Cluster
 
 LAB = Lab("03-routing-between-nodes", "Routing between nodes (host-gw)", "hostgw")
 
@@ -51,6 +54,7 @@ class NodeView:
     pod: str
     pod_netns: str
     pod_ip: str | None
+    routes: list[dict[str, Any]]  # the node's main table (`ip -j route show`), read once
 
     def on(self, command: str) -> str:
         """A hint the learner can paste: the command run through the notebook's node shell."""
@@ -60,23 +64,62 @@ class NodeView:
 def view(ctx: Context, node: str) -> NodeView:
     cluster = ctx.cluster.name  # attach first: a check on a stopped cluster says so
     ns = naming.node_netns(node)
-    cni0 = ctx.ipv4s(ctx.link(ns, BRIDGE))
+    links = links_by_name(ctx, ns)
+    cni0 = ctx.ipv4s(links.get(BRIDGE))
     cidr = str(ipaddress.ip_interface(cni0[0]).network) if cni0 else None
     pod = PODS[node]
     pod_ns = naming.pod_netns(cluster, "default", pod)
     pod_ip = ipv4_of(ctx, pod_ns, "eth0") if is_netns(ctx, pod_ns) else None
-    return NodeView(node, ns, ipv4_of(ctx, ns, UNDERLAY), cidr,
-                    cni0[0].split("/")[0] if cni0 else None, pod, pod_ns, pod_ip)
+    return NodeView(node, ns, ip_of(links.get(UNDERLAY)), cidr, ip_of(links.get(BRIDGE)), pod,
+                    pod_ns, pod_ip, ctx.routes(ns))
 
 
-def node_ips(ctx: Context) -> dict[str, str]:
+# --- reading routes and node addresses (lab 04 and 05 use these too) -------------------------
+
+def underlay_ip(netns: str) -> str | None:
+    """A node's address on the underlay: the first IPv4 address of its eth0, from the kernel."""
+    links = Context.ip_json(netns, "addr", "show", "dev", UNDERLAY)
+    return ip_of(links[0] if links else None)
+
+
+def node_ips(cluster: Cluster) -> dict[str, str]:
     """{underlay IP: node name} for every node of the cluster, read from each node's eth0."""
-    out = {}
-    for n in ctx.cluster.nodes():
-        ip = ipv4_of(ctx, n.netns, UNDERLAY)
-        if ip:
-            out[ip] = n.name
-    return out
+    return {ip: n.name for n in cluster.nodes() if (ip := underlay_ip(n.netns))}
+
+
+def route_text(r: dict[str, Any]) -> str:
+    """A route of `ip -j route` as `ip route` prints it (type, via, dev, proto, scope, src)."""
+    from lab_kit.observe import parse_ip_route  # late: it adds ~15 ms to importing a lab
+
+    return parse_ip_route([r])[0].text()
+
+
+def route_net(dst: str) -> ipaddress.IPv4Network | None:
+    """The network of a route's `dst` as `ip -j route` prints it (`default`, `10.244.2.0/24`, a
+    host address without /32); None if it is none of those."""
+    if dst == "default":
+        return ipaddress.ip_network("0.0.0.0/0")
+    try:
+        return ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+    except ValueError:
+        return None
+
+
+def best_route(routes: list[dict[str, Any]], ip: str) -> dict[str, Any] | None:
+    """The main-table route the kernel picks for `ip`: the longest prefix containing it
+    (whatever its type: a `blackhole` or `unreachable` route matches too)."""
+    addr = ipaddress.ip_address(ip)
+    cands = [(n.prefixlen, r) for r in routes
+             if (n := route_net(r.get("dst", ""))) is not None and addr in n]
+    return max(cands, key=lambda c: c[0])[1] if cands else None
+
+
+def route_get(ctx: Context, netns: str, dst: str, src: str | None = None,
+              iif: str | None = None) -> dict[str, Any] | None:
+    """The kernel's own decision, `ip -j route get DST [from SRC iif IIF]` (None: no route)."""
+    args = ["route", "get", dst] + (["from", src, "iif", iif] if src and iif else [])
+    got = ctx.ip_json(netns, *args)
+    return got[0] if got else None
 
 
 def _missing(a: NodeView, b: NodeView) -> Verdict | None:
@@ -92,46 +135,9 @@ def _missing(a: NodeView, b: NodeView) -> Verdict | None:
     return None
 
 
-def route_text(r: dict[str, Any]) -> str:
-    """A route as `ip route` prints it (the parts that matter here)."""
-    parts = [r.get("dst", "?")]
-    if r.get("gateway"):
-        parts.append(f"via {r['gateway']}")
-    if r.get("dev"):
-        parts.append(f"dev {r['dev']}")
-    if "onlink" in r.get("flags", []):
-        parts.append("onlink")
-    return " ".join(parts)
-
-
-def _net(dst: str) -> ipaddress.IPv4Network | None:
-    if dst == "default":
-        return ipaddress.ip_network("0.0.0.0/0")
-    try:
-        return ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
-    except ValueError:
-        return None
-
-
-def best_route(routes: list[dict[str, Any]], ip: str) -> dict[str, Any] | None:
-    """The main-table route the kernel picks for `ip`: the longest prefix containing it."""
-    addr = ipaddress.ip_address(ip)
-    cands = [(n.prefixlen, r) for r in routes if r.get("type", "unicast") == "unicast"
-             and (n := _net(r.get("dst", ""))) is not None and addr in n]
-    return max(cands, key=lambda c: c[0])[1] if cands else None
-
-
-def route_get(ctx: Context, netns: str, dst: str, src: str | None = None,
-              iif: str | None = None) -> dict[str, Any] | None:
-    """The kernel's own decision, `ip -j route get DST [from SRC iif IIF]` (None: no route)."""
-    args = ["route", "get", dst] + (["from", src, "iif", iif] if src and iif else [])
-    got = ctx.ip_json(netns, *args)
-    return got[0] if got else None
-
-
-def _own_route_problem(ctx: Context, v: NodeView) -> Verdict | None:
+def _own_route_problem(v: NodeView) -> Verdict | None:
     """A node's route to its own pods must stay the connected route on cni0."""
-    own = [r for r in ctx.routes(v.netns) if r.get("dst") == v.cidr]
+    own = [r for r in v.routes if r.get("dst") == v.cidr]
     if any(r.get("dev") == BRIDGE and not r.get("gateway") for r in own):
         return None
     restore = v.on(f"ip route replace {v.cidr} dev {BRIDGE} proto kernel scope link "
@@ -151,10 +157,9 @@ def _route_problem(ctx: Context, src: NodeView, dst: NodeView, nodes: dict[str, 
     assert src.cidr and dst.cidr and dst.ip and dst.pod_ip
     want = f"{dst.cidr} via {dst.ip} dev {UNDERLAY}"
     fix = src.on(f"ip route replace {want}")
-    routes = ctx.routes(src.netns)
-    exact = next((r for r in routes if r.get("dst") == dst.cidr), None)
+    exact = next((r for r in src.routes if r.get("dst") == dst.cidr), None)
     if exact is None:
-        other = best_route(routes, dst.pod_ip)
+        other = best_route(src.routes, dst.pod_ip)
         if other is not None and other.get("dst") not in ("default",):
             return failed(f"{src.name} has no route for the whole of {dst.name}'s pod CIDR "
                           f"{dst.cidr}; {dst.pod}'s {dst.pod_ip} is matched by "
@@ -189,7 +194,7 @@ def _route_problem(ctx: Context, src: NodeView, dst: NodeView, nodes: dict[str, 
         why = (f"{gw} is {nodes[gw]}, not {dst.name}: that node happens to forward the packets "
                "(it has its own route), a detour through a third node that breaks when it goes "
                f"away. host-gw sends them straight to the node that owns {dst.cidr}")
-    elif gw == dst.pod_ip or (_net(dst.cidr) and ipaddress.ip_address(gw) in _net(dst.cidr)):
+    elif gw == dst.pod_ip or ipaddress.ip_address(gw) in ipaddress.ip_network(dst.cidr):
         why = (f"{gw} is inside {dst.cidr}, {dst.name}'s pod range: the next hop is the node's "
                f"underlay address ({dst.ip}), which the pod range sits behind")
     elif dev != UNDERLAY:
@@ -231,8 +236,8 @@ def _forwarding(v: NodeView) -> bool:
 @LAB.check("route-there", "hostgw-worker routes hostgw-worker2's pod CIDR via its underlay IP")
 def check_route_there(ctx: Context) -> Verdict:
     a, b = view(ctx, WORKER), view(ctx, WORKER2)
-    problem = (_missing(a, b) or _own_route_problem(ctx, a) or _own_route_problem(ctx, b)
-               or _route_problem(ctx, a, b, node_ips(ctx)))
+    problem = (_missing(a, b) or _own_route_problem(a) or _own_route_problem(b)
+               or _route_problem(ctx, a, b, node_ips(ctx.cluster)))
     if problem is not None:
         return problem
     got = route_get(ctx, a.netns, str(b.pod_ip), a.pod_ip, BRIDGE)
@@ -247,9 +252,9 @@ def check_routes(ctx: Context) -> Verdict:
     missing = _missing(a, b)
     if missing is not None:
         return missing
-    nodes = node_ips(ctx)
+    nodes = node_ips(ctx.cluster)
     for src, dst, back in ((a, b, False), (b, a, True)):
-        problem = _own_route_problem(ctx, src) or _route_problem(ctx, src, dst, nodes, back)
+        problem = _own_route_problem(src) or _route_problem(ctx, src, dst, nodes, back)
         if problem is not None:
             return problem
     for v in (a, b):
@@ -294,7 +299,7 @@ def check_next_hop(ctx: Context) -> Verdict:
     if missing is not None:
         return missing
     assert b.pod_ip and a.pod_ip
-    nodes = node_ips(ctx)
+    nodes = node_ips(ctx.cluster)
     truth = route_get(ctx, a.netns, b.pod_ip, a.pod_ip, BRIDGE)
     if truth is None or not truth.get("gateway"):
         have = "no route" if truth is None else f"dev {truth.get('dev')} without a next hop"
@@ -401,7 +406,7 @@ def _stray_routes(ctx: Context, nodes: dict[str, str]) -> list[tuple[str, dict[s
 
 
 def _last_attempt(ctx: Context) -> Attempt | None:
-    netns = {naming.node_netns(n.name): n.name for n in ctx.cluster.nodes()}
+    netns = {n.netns: n.name for n in ctx.cluster.nodes()}
     for e in reversed(ctx.cluster.journal()):
         if e.source != "you" or e.netns not in netns:
             continue
@@ -415,7 +420,7 @@ def _last_attempt(ctx: Context) -> Attempt | None:
 @LAB.check("on-link", "You saw the kernel refuse a next hop that is not on-link, and know what "
                       "VXLAN does instead")
 def check_on_link(ctx: Context) -> Verdict:
-    nodes = node_ips(ctx)
+    nodes = node_ips(ctx.cluster)
     w1 = naming.node_netns(WORKER)
     for node, r in _stray_routes(ctx, nodes):
         gw = r["gateway"]

@@ -24,8 +24,7 @@ Every check reads the live kernel (`ip -j`, `bridge -j fdb`, tcpdump, real TCP c
 from __future__ import annotations
 
 import html
-import ipaddress
-import json
+import itertools
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.config import UNDERLAY_MTU, VXLAN_OVERHEAD
 from lab_kit.errors import LabError
 from lab_kit.labs import norm_answer
+from lab_kit.labs.host_gw import best_route, node_ips, route_text, underlay_ip
 
 if TYPE_CHECKING:
     import graphviz
@@ -72,31 +72,22 @@ RECREATE = ('c = Cluster.up("clusters/vxlan.yaml", replace=True), then ' + APPLY
 
 # --- reading the live kernel ---------------------------------------------------------------------
 
-def _json(argv: list[str], netns: str) -> list[dict[str, Any]]:
-    r = kernel.Runner().run(argv, netns, check=False, record=False)
-    if r.rc != 0 or not r.stdout.strip():
-        return []
-    try:
-        return json.loads(r.stdout)
-    except json.JSONDecodeError:
-        return []
-
-
 def live_routes(netns: str) -> list[dict[str, Any]]:
-    return _json(["ip", "-j", "route", "show"], netns)
+    """Every route of the node's main table (`ip -j route show`)."""
+    return Context.ip_json(netns, "route", "show")
 
 
 def live_neighbours(netns: str) -> list[dict[str, Any]]:
-    return _json(["ip", "-j", "neigh", "show", "dev", DEV], netns)
+    return Context.ip_json(netns, "neigh", "show", "dev", DEV)
 
 
 def live_fdb(netns: str) -> list[dict[str, Any]]:
-    return _json(["bridge", "-j", "fdb", "show", "dev", DEV], netns)
+    return kernel.Runner().json(["bridge", "-j", "fdb", "show", "dev", DEV], netns)
 
 
 def live_vxlan(netns: str) -> dict[str, Any] | None:
     """`ip -j -d addr show flannel.1`: the link, its vxlan attributes and addresses."""
-    links = _json(["ip", "-j", "-d", "addr", "show", "dev", DEV], netns)
+    links = Context.ip_json(netns, "-d", "addr", "show", "dev", DEV)
     return links[0] if links else None
 
 
@@ -105,48 +96,8 @@ def vxlan_info(link: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _mtu(netns: str, ifname: str) -> int | None:
-    links = _json(["ip", "-j", "link", "show", "dev", ifname], netns)
+    links = Context.ip_json(netns, "link", "show", "dev", ifname)
     return int(links[0]["mtu"]) if links and "mtu" in links[0] else None
-
-
-def _eth0_ip(netns: str) -> str | None:
-    for ln in _json(["ip", "-j", "addr", "show", "dev", "eth0"], netns):
-        for a in ln.get("addr_info", []):
-            if a.get("family") == "inet":
-                return a["local"]
-    return None
-
-
-def _best_route(routes: list[dict[str, Any]], ip: str) -> dict[str, Any] | None:
-    """The main-table route the kernel picks for `ip`: the longest matching prefix."""
-    addr = ipaddress.ip_address(ip)
-    best, best_len = None, -1
-    for r in routes:
-        dst = r.get("dst", "")
-        try:
-            net = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else
-                                       dst if "/" in dst else f"{dst}/32")
-        except ValueError:
-            continue
-        if addr in net and net.prefixlen > best_len:
-            best, best_len = r, net.prefixlen
-    return best
-
-
-def route_text(r: dict[str, Any]) -> str:
-    """A route as `ip route` prints it (the parts that matter here)."""
-    words = [r.get("dst", "?")]
-    if r.get("gateway"):
-        words += ["via", r["gateway"]]
-    words += ["dev", r.get("dev", "?")]
-    if r.get("protocol") == "kernel":
-        words += ["proto", "kernel"]
-    if r.get("scope") and r.get("scope") != "global":
-        words += ["scope", r["scope"]]
-    if r.get("prefsrc"):
-        words += ["src", r["prefsrc"]]
-    words += [f for f in r.get("flags", []) if f == "onlink"]
-    return " ".join(words)
 
 
 def neigh_text(n: dict[str, Any]) -> str:
@@ -288,7 +239,7 @@ def overlay_path(c: Cluster, src: str, dst: str) -> OverlayPath:
     node_ns = naming.node_netns(a.node)
     add = path.steps.append
 
-    route = _best_route(live_routes(node_ns), b.ip)
+    route = best_route(live_routes(node_ns), b.ip)
     if route is None:
         add(Step(a.node, "route", "ip route", "", f"no route to {b.ip}: the node answers "
                  "'network unreachable'", False))
@@ -334,7 +285,7 @@ def overlay_path(c: Cluster, src: str, dst: str) -> OverlayPath:
 
     path.underlay = (f"  UDP {local} → {remote_ip}:{info.get('port', '?')}, "
                      f"VNI {info.get('id', '?')}  ")
-    owner = next((n for n in c.nodes() if _eth0_ip(n.netns) == remote_ip), None)
+    owner = next((n for n in c.nodes() if underlay_ip(n.netns) == remote_ip), None)
     if owner is None:
         add(Step("underlay", "eth0", "ip addr show eth0", "",
                  f"no node has {remote_ip}: the packet goes nowhere", False))
@@ -357,7 +308,7 @@ def overlay_path(c: Cluster, src: str, dst: str) -> OverlayPath:
     add(Step(owner.name, "VXLAN", f"ip -d link show {DEV}", entry,
              "unwrapped: the inner frame is for this device, the inner packet is routed", True))
 
-    rroute = _best_route(live_routes(owner.netns), b.ip)
+    rroute = best_route(live_routes(owner.netns), b.ip)
     ok = owner.name == b.node and rroute is not None and rroute.get("dev") == "cni0"
     add(Step(owner.name, "route", "ip route", route_text(rroute) if rroute else "",
              f"delivered through cni0 to {path.dst}" if ok else
@@ -449,16 +400,6 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-def _node_ips(ctx: Context) -> dict[str, str]:
-    """Underlay IP -> node name, read from every node's eth0."""
-    out = {}
-    for n in ctx.cluster.nodes():
-        ip = _eth0_ip(n.netns)
-        if ip:
-            out[ip] = n.name
-    return out
-
-
 # --- exercise capture-reply ----------------------------------------------------------------------
 
 @LAB.check("reply-headers", "You captured web-b's answer to web-c on the underlay and read its "
@@ -507,17 +448,17 @@ def check_reply_headers(ctx: Context) -> Verdict:
                            "IPv4 header is the outer one, then UDP and VXLAN",
                       expected="outer_src, udp_dport and vni", actual=f"outer_src={outer_src!r}, "
                       f"udp_dport={ctx.get('udp_dport')!r}, vni={ctx.get('vni')!r}")
-    node_ips = _node_ips(ctx)
+    nodes = node_ips(ctx.cluster)
     if outer_src != t_src:
         if outer_src == answerer.ip:
             why = f"{outer_src} is web-b's own address: the inner source, inside the tunnel"
         elif outer_src == asker.ip:
             why = f"{outer_src} is web-c's address: the inner destination"
-        elif node_ips.get(outer_src) == asker.node:
+        elif nodes.get(outer_src) == asker.node:
             why = (f"{outer_src} is {asker.node}, web-c's node: the outer *destination* of the "
                    "answer (or the source of the question)")
-        elif outer_src in node_ips:
-            why = f"{outer_src} is {node_ips[outer_src]}, which this answer never crosses"
+        elif outer_src in nodes:
+            why = f"{outer_src} is {nodes[outer_src]}, which this answer never crosses"
         else:
             why = f"{outer_src} is neither a pod nor a node on this answer's way"
         return failed(why, hint="the outer source of a VXLAN packet is the `local` address of "
@@ -537,7 +478,7 @@ def check_reply_headers(ctx: Context) -> Verdict:
                       hint=f"the VXLAN header's VNI (tcpdump: 'instance'); `ip -d link show "
                            f"{DEV}` shows it as `vxlan id`", expected="the VXLAN VNI",
                       actual=vni)
-    return passed(f"web-b's answer left {node_ips.get(t_src, t_src)} as UDP {t_src} → port "
+    return passed(f"web-b's answer left {nodes.get(t_src, t_src)} as UDP {t_src} → port "
                   f"{t_port}, VXLAN VNI {t_vni} (measured again just now, on the underlay)")
 
 
@@ -632,18 +573,13 @@ def check_no_black_hole(ctx: Context) -> Verdict:
                 added.append(n.netns)
         _flush_pmtu(pods)
         results = []
-        names = sorted(pods)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if pods[a].node == pods[b].node:
-                    continue
-                r = big_transfer(c, a, b)
-                ok = r.ok and len(r.reply) == BIG
-                results.append((a, b, r, ok))
-                if not ok:
-                    break
-            if results and not results[-1][3]:
-                break
+        for a, b in itertools.combinations(sorted(pods), 2):
+            if pods[a].node == pods[b].node:
+                continue
+            r = big_transfer(c, a, b)
+            results.append((a, b, r))
+            if not (r.ok and len(r.reply) == BIG):
+                break  # the first failure is the verdict
     finally:
         for ns in added:
             runner.run(["iptables", "-D", "OUTPUT", *ICMP_FILTER], ns, check=False,
@@ -652,18 +588,17 @@ def check_no_black_hole(ctx: Context) -> Verdict:
     where = "every node" if len(added) == total else f"{len(added)} of {total} nodes"
     note = (f" (the check added the ICMP filter on {where} for the measurement, since real "
             "networks filter ICMP you do not control, and removed it again)" if added else "")
-    bad = [(a, b, r) for a, b, r, ok in results if not ok]
-    if bad:
-        a, b, r = bad[0]
-        got = r.error if not r.ok else f"{len(r.reply)} bytes back"
-        return failed(f"{a} → {b}: a {BIG}-byte echo failed ({got}) with ICMP 'fragmentation "
-                      f"needed' filtered on every node{note}", hint=overhead_hint(ctx),
-                      expected=f"{BIG} bytes echoed", actual=got)
     if not results:
         return failed("no two pods on different nodes to measure between",
                       hint=f"apply the lab's pods: {APPLY}", expected="pods on two nodes",
                       actual="none")
-    times = ", ".join(f"{a}↔{b} {r.ms:.0f} ms" for a, b, r, _ in results)
+    a, b, r = results[-1]
+    if not (r.ok and len(r.reply) == BIG):
+        got = r.error if not r.ok else f"{len(r.reply)} bytes back"
+        return failed(f"{a} → {b}: a {BIG}-byte echo failed ({got}) with ICMP 'fragmentation "
+                      f"needed' filtered on every node{note}", hint=overhead_hint(ctx),
+                      expected=f"{BIG} bytes echoed", actual=got)
+    times = ", ".join(f"{a}↔{b} {r.ms:.0f} ms" for a, b, r in results)
     return passed(f"{BIG} bytes each way with ICMP 'fragmentation needed' filtered on every node: "
                   f"{times}{note}")
 

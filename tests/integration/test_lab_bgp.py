@@ -9,51 +9,35 @@ one thing on purpose and expect the hint to name the node, the session or the co
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from lab_driver import LabDriver, explain, lab_state
 
-from lab_kit import kernel
-from lab_kit.checks import CheckResult, Results
-from lab_kit.cluster import Cluster, sweep
+from lab_kit.checks import Results
+from lab_kit.cluster import Cluster
 from lab_kit.labs import bgp
 
 pytestmark = pytest.mark.root
 
 LAB_ID = "05-bgp-like-calico"
-ANSWERS = ("sessions_now", "sessions_mesh_100", "sessions_rr_100")
-
-_spec = importlib.util.spec_from_file_location(
-    "lab_notebooks", Path(__file__).resolve().parents[1] / "notebooks" / "lab_notebooks.py")
-lab_notebooks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lab_notebooks)  # type: ignore[union-attr]
 
 
-class Lab05:
-    def __init__(self, c: Cluster) -> None:
-        self.c = c
-        self.ns: dict[str, Any] = {"c": c, "time": time, "bgp_sessions": bgp.bgp_sessions,
-                                   "wait_for_bgp": bgp.wait_for_bgp,
-                                   "session_timeline": bgp.session_timeline,
-                                   "break_a_session": bgp.break_a_session}
-        self.solutions = lab_notebooks.solutions(LAB_ID)
+class Lab05(LabDriver):
+    """The lab's cluster with its pods, the names of the notebook's first cell, its checks."""
 
-    def solve(self, *exercises: str) -> None:
-        for ex in exercises:
-            exec(compile(self.solutions[ex], f"<solution {LAB_ID}:{ex}>", "exec"), self.ns)
+    lab_id = LAB_ID
+    answer_names = ("sessions_now", "sessions_mesh_100", "sessions_rr_100")
 
-    def run(self, name: str | None = None, **answers: Any) -> Results:
-        given = {k: self.ns[k] for k in ANSWERS if k in self.ns}
-        return bgp.LAB.run(name, record=False, **{**given, **answers})
-
-    def one(self, name: str, **answers: Any) -> CheckResult:
-        return self.run(name, **answers)[0]
+    def __init__(self) -> None:
+        super().__init__()
+        c = Cluster.up(f"clusters/{bgp.LAB.cluster_name}.yaml", replace=True)
+        c.apply("manifests/bgp-web.yaml")
+        self.ns.update(c=c, time=time, bgp_sessions=bgp.bgp_sessions,
+                       wait_for_bgp=bgp.wait_for_bgp, session_timeline=bgp.session_timeline,
+                       break_a_session=bgp.break_a_session)
 
     def sh(self, node: str, command: str) -> str:
         return self.c.node(node).sh(command)
@@ -61,22 +45,8 @@ class Lab05:
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab05]:
-    state = Path(tempfile.mkdtemp(prefix="lkbgp"))  # short: BIRD's control sockets live in here
-    monkeypatch.setenv("LAB_KIT_STATE_DIR", str(state))
-    monkeypatch.setenv("LAB_KIT_PROGRESS", str(tmp_path / "progress.json"))
-    monkeypatch.chdir(lab_notebooks.LABS_DIR)
-    c = Cluster.up(f"clusters/{bgp.LAB.cluster_name}.yaml", replace=True)
-    try:
-        c.apply("manifests/bgp-web.yaml")
-        yield Lab05(c)
-    finally:
-        c.down()
-        sweep(bgp.LAB.cluster_name, kernel.Runner())
-        shutil.rmtree(state, ignore_errors=True)
-
-
-def _explain(results: Results) -> str:
-    return "\n".join(r.summary() for r in results)
+    with lab_state(LAB_ID, "lkbgp", tmp_path, monkeypatch):
+        yield Lab05()
 
 
 def test_each_exercise_fails_before_and_passes_after_its_solution(lab: Lab05) -> None:
@@ -93,7 +63,7 @@ def test_each_exercise_fails_before_and_passes_after_its_solution(lab: Lab05) ->
 
     lab.solve("join")
     after = Results([lab.one("mesh"), lab.one("new-pod")])
-    assert after.all_passed, _explain(after)
+    assert after.all_passed, explain(after)
     assert "bgp-worker3 joined: 4 nodes, 6 BGP sessions" in after[0].message
 
     bgp.break_a_session(lab.c)  # the notebook's setup of exercise 2
@@ -106,7 +76,7 @@ def test_each_exercise_fails_before_and_passes_after_its_solution(lab: Lab05) ->
     assert "10.244.3.0/24 via 172.18.0.5 dev eth0 proto bird" in r.hint, r.summary()
     lab.solve("repair")
     after = Results([lab.one("repaired"), lab.one("new-pod"), lab.one("mesh")])
-    assert after.all_passed, _explain(after)
+    assert after.all_passed, explain(after)
 
     assert not lab.one("withdrawn").passed
     lab.solve("remove")
@@ -117,7 +87,7 @@ def test_each_exercise_fails_before_and_passes_after_its_solution(lab: Lab05) ->
     lab.solve("count")
     assert lab.ns["sessions_now"] == 3
     final = lab.run()
-    assert final.all_passed, _explain(final)
+    assert final.all_passed, explain(final)
 
 
 def test_the_disabled_end_is_named_not_the_end_that_keeps_trying(lab: Lab05) -> None:

@@ -7,40 +7,32 @@ at a time, and tests break one thing on purpose and expect the hint to name it.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_driver import LabDriver, explain, lab_state
 
-from lab_kit import kernel
-from lab_kit.checks import CheckResult, Results
-from lab_kit.cluster import Cluster, sweep
-from lab_kit.labs import get_lab
+from lab_kit.checks import Results
+from lab_kit.cluster import Cluster
 
 pytestmark = pytest.mark.root
 
 LAB_ID = "03-routing-between-nodes"
 STEPS = [("route-there", ["route-there"]), ("route-back", ["routes"]),
          ("next-hop", ["next-hop"]), ("on-link", ["on-link"])]
-ANSWERS = ("next_hop", "wire_src", "wire_dst", "kernel_error", "vxlan_answer")
-
-_spec = importlib.util.spec_from_file_location(
-    "lab_notebooks", Path(__file__).resolve().parents[1] / "notebooks" / "lab_notebooks.py")
-lab_notebooks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lab_notebooks)  # type: ignore[union-attr]
 
 
-class Lab03:
+class Lab03(LabDriver):
     """The notebook's setup cells, its names (`W1`, `A`, `W2_CIDR`, …) and its checks."""
 
+    lab_id = LAB_ID
+    answer_names = ("next_hop", "wire_src", "wire_dst", "kernel_error", "vxlan_answer")
+
     def __init__(self) -> None:
-        self.lab = get_lab(LAB_ID)
-        self.c = Cluster.up("clusters/hostgw.yaml", replace=True)
-        c = self.c
+        super().__init__()
+        c = Cluster.up("clusters/hostgw.yaml", replace=True)
         c.apply("manifests/cross-node-pods.yaml")
         nodes = {n.name: n for n in c.nodes()}
         w1, w2 = nodes["hostgw-worker"], nodes["hostgw-worker2"]
@@ -51,7 +43,6 @@ class Lab03:
         # the notebook's "without the host-gw routes" cell
         self.w1.sh(f"ip route del {w2.pod_cidr} via {w2.ip} dev eth0")
         self.w2.sh(f"ip route del {w1.pod_cidr} via {w1.ip} dev eth0")
-        self.solutions = lab_notebooks.solutions(LAB_ID)
 
     def __getattr__(self, name: str) -> Any:
         key = {"w1": "W1", "w2": "W2", "cp": "CP", "a": "A", "b": "B"}.get(name, name)
@@ -60,46 +51,17 @@ class Lab03:
         except KeyError:
             raise AttributeError(name) from None
 
-    def solve(self, *exercises: str) -> None:
-        for ex in exercises:
-            exec(compile(self.solutions[ex], f"<solution {LAB_ID}:{ex}>", "exec"), self.ns)
-
-    def answers(self) -> dict[str, Any]:
-        return {k: self.ns[k] for k in ANSWERS if k in self.ns}
-
-    def run(self, name: str | None = None, **answers: Any) -> Results:
-        return self.lab.run(name, record=False, **{**self.answers(), **answers})
-
-    def one(self, name: str, **answers: Any) -> CheckResult:
-        return self.run(name, **answers)[0]
-
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab03]:
-    state = Path(tempfile.mkdtemp(prefix="lkhg"))  # short: unix socket paths live in here
-    monkeypatch.setenv("LAB_KIT_STATE_DIR", str(state))
-    monkeypatch.setenv("LAB_KIT_PROGRESS", str(tmp_path / "progress.json"))
-    monkeypatch.chdir(lab_notebooks.LABS_DIR)
-    made: list[Lab03] = []
-    try:
-        made.append(Lab03())
-        yield made[0]
-    finally:
-        for d in made:
-            d.c.down()
-        sweep("hostgw", kernel.Runner())
-        shutil.rmtree(state, ignore_errors=True)
+    with lab_state(LAB_ID, "lkhg", tmp_path, monkeypatch):
+        yield Lab03()
 
 
 def _wait_reachable(node: Any, ip: str) -> None:
-    """Wait until `node` pings `ip`. Right after `Cluster.up`, the underlay port of the first
-    node (`s1-eth1`, whose veth peer has the same ifindex) shows NO-CARRIER for up to a second,
-    until the kernel's link watch catches up, and `up` does not wait for it."""
+    """Wait until `node` pings `ip`: a next hop the node has not used yet is first resolved
+    with ARP, and the probe right after a route change must not race that."""
     node.sh(f"timeout 5 bash -c 'until ping -c 1 -W 0.2 {ip} >/dev/null; do :; done'")
-
-
-def _explain(results: Results) -> str:
-    return "\n".join(r.summary() for r in results)
 
 
 def test_checks_fail_before_and_pass_after_each_solution(lab):
@@ -112,11 +74,11 @@ def test_checks_fail_before_and_pass_after_each_solution(lab):
         assert r.hint.strip() and "could not inspect" not in r.message, r.summary()
     for ex, names in STEPS:
         before = Results(lab.one(n) for n in names)
-        assert not any(r.passed for r in before), f"before {ex}:\n{_explain(before)}"
+        assert not any(r.passed for r in before), f"before {ex}:\n{explain(before)}"
         lab.solve(ex)
         after = Results(lab.one(n) for n in names)
-        assert after.all_passed, f"after {ex}:\n{_explain(after)}"
-    assert lab.run().all_passed, _explain(lab.run())
+        assert after.all_passed, f"after {ex}:\n{explain(after)}"
+    assert lab.run().all_passed, explain(lab.run())
 
 
 def test_the_missing_return_route_is_named(lab):
@@ -277,7 +239,7 @@ def test_on_link_hints(lab):
     for right in ("VXLAN encapsulation", "a tunnel between the nodes", "Encapsulates in UDP",
                   "puts the pod's packet inside another packet addressed to the node"):
         assert lab.one("on-link", vxlan_answer=right).passed, right
-    assert lab.run().all_passed, _explain(lab.run())
+    assert lab.run().all_passed, explain(lab.run())
 
 
 def test_checks_say_when_the_cluster_is_gone(lab):

@@ -10,30 +10,22 @@ a learner's cluster of that name on this machine is replaced.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_driver import LabDriver, explain, lab_state
 
-from lab_kit import kernel
 from lab_kit.backends import vtep_ip, vtep_mac
 from lab_kit.checks import CheckResult
-from lab_kit.cluster import Cluster, sweep
+from lab_kit.cluster import Cluster
 from lab_kit.errors import LabError
 from lab_kit.labs import get_lab
 from lab_kit.labs.vxlan import ICMP_FILTER, break_overlay, icmp_filter_present, overlay_path
 
 pytestmark = pytest.mark.root
-
-_spec = importlib.util.spec_from_file_location(
-    "lab_notebooks", Path(__file__).resolve().parents[1] / "notebooks" / "lab_notebooks.py")
-lab_notebooks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lab_notebooks)  # type: ignore[union-attr]
 
 LAB_ID = "04-vxlan-overlay"
 LAB = get_lab(LAB_ID)
@@ -42,12 +34,15 @@ NODES = {"NODE_A": "vxlan-worker", "NODE_B": "vxlan-worker2", "NODE_C": "vxlan-c
 PODS = {"POD_A": "web-a", "POD_B": "web-b", "POD_C": "web-c"}
 
 
-class Lab04:
+class Lab04(LabDriver):
     """The lab's cluster, the names the notebook defines, and its checks."""
 
+    lab_id = LAB_ID
+    answer_names = ANSWERS
+
     def __init__(self) -> None:
-        self.solutions = lab_notebooks.solutions(LAB_ID)
-        self.ns: dict[str, Any] = {"Cluster": Cluster, "NODES": tuple(NODES.values())}
+        super().__init__()
+        self.ns.update(Cluster=Cluster, NODES=tuple(NODES.values()))
         self.up("clusters/vxlan.yaml")
 
     def up(self, config: str) -> Cluster:
@@ -59,40 +54,14 @@ class Lab04:
         self.ns.update({k: c.pod(v) for k, v in PODS.items()})
         return c
 
-    @property
-    def c(self) -> Cluster:
-        return self.ns["c"]
-
-    def solve(self, exercise: str) -> None:
-        exec(compile(self.solutions[exercise], f"<solution {exercise}>", "exec"), self.ns)
-
     def sh(self, shell: str, command: str) -> str:
         return self.ns[shell].sh(command)
-
-    def one(self, name: str, **answers: Any) -> CheckResult:
-        given = {k: self.ns.get(k) for k in ANSWERS}
-        return LAB.run(name, record=False, **{**given, **answers})[0]
 
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab04]:
-    state = Path(tempfile.mkdtemp(prefix="lkvx"))  # short: unix socket paths live in here
-    monkeypatch.setenv("LAB_KIT_STATE_DIR", str(state))
-    monkeypatch.setenv("LAB_KIT_PROGRESS", str(tmp_path / "progress.json"))
-    monkeypatch.chdir(lab_notebooks.LABS_DIR)
-    made: list[Lab04] = []
-    try:
-        made.append(Lab04())
-        yield made[0]
-    finally:
-        for d in made:
-            d.c.down()
-        sweep(LAB.cluster_name, kernel.Runner())
-        shutil.rmtree(state, ignore_errors=True)
-
-
-def _summary(results: list[CheckResult]) -> str:
-    return "\n".join(r.summary() for r in results)
+    with lab_state(LAB_ID, "lkvx", tmp_path, monkeypatch):
+        yield Lab04()
 
 
 def test_the_notebook_flow_fails_before_and_passes_after_each_exercise(lab: Lab04) -> None:
@@ -100,8 +69,8 @@ def test_the_notebook_flow_fails_before_and_passes_after_each_exercise(lab: Lab0
                                 "cross-node"]
     assert list(lab.solutions) == ["capture-reply", "fix-mtu", "repair-overlay"]
     # a fresh, correct cluster: only the capture exercise is still to do
-    fresh = LAB.run(record=False)
-    assert [r.name for r in fresh if not r.passed] == ["reply-headers"], _summary(fresh)
+    fresh = lab.run()
+    assert [r.name for r in fresh if not r.passed] == ["reply-headers"], explain(fresh)
     assert "no capture" in fresh[0].message and "c.capture(" in fresh[0].hint
 
     lab.solve("capture-reply")
@@ -140,8 +109,8 @@ def test_the_notebook_flow_fails_before_and_passes_after_each_exercise(lab: Lab0
     assert overlay_path(lab.c, "web-a", "web-b").ok  # the other direction is fine
 
     lab.solve("repair-overlay")
-    final = LAB.run(record=False, **{k: lab.ns[k] for k in ANSWERS})
-    assert final.all_passed, _summary(final)
+    final = lab.run()
+    assert final.all_passed, explain(final)
 
 
 def test_reply_headers_hints_name_the_mistake(lab: Lab04) -> None:

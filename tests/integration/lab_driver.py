@@ -1,0 +1,79 @@
+"""What the tests of labs 03-05's checks share (test_lab_host_gw, test_lab_vxlan, test_lab_bgp).
+
+`LabDriver` holds one lab's checks, the names the notebook's cells define (`ns`, where the
+reference solutions of tests/notebooks/solutions/<lab>.py are exec'd) and runs the checks with
+the learner's answers taken from those names. `lab_state` is the body of each file's `lab`
+fixture: its own state dir and progress file, `labs/` as the working directory (as in the
+notebook), and the lab's cluster removed afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab_kit import kernel
+from lab_kit.checks import CheckResult, Lab, Results
+from lab_kit.cluster import Cluster, sweep
+from lab_kit.labs import get_lab
+
+_spec = importlib.util.spec_from_file_location(
+    "lab_notebooks", Path(__file__).resolve().parents[1] / "notebooks" / "lab_notebooks.py")
+lab_notebooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lab_notebooks)  # type: ignore[union-attr]
+
+
+class LabDriver:
+    """One lab's checks, the notebook's names and the reference solutions."""
+
+    lab_id: str
+    answer_names: tuple[str, ...] = ()  # the notebook names the checks take as answers
+
+    def __init__(self) -> None:
+        self.lab: Lab = get_lab(self.lab_id)
+        self.solutions = lab_notebooks.solutions(self.lab_id)
+        self.ns: dict[str, Any] = {}
+
+    @property
+    def c(self) -> Cluster:
+        return self.ns["c"]
+
+    def solve(self, *exercises: str) -> None:
+        for ex in exercises:
+            exec(compile(self.solutions[ex], f"<solution {self.lab_id}:{ex}>", "exec"), self.ns)
+
+    def answers(self) -> dict[str, Any]:
+        return {k: self.ns[k] for k in self.answer_names if k in self.ns}
+
+    def run(self, name: str | None = None, **answers: Any) -> Results:
+        return self.lab.run(name, record=False, **{**self.answers(), **answers})
+
+    def one(self, name: str, **answers: Any) -> CheckResult:
+        return self.run(name, **answers)[0]
+
+
+@contextmanager
+def lab_state(lab_id: str, prefix: str, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A state dir and progress file of the test's own, in `labs/`; afterwards the lab's cluster
+    is swept away by name (what `Cluster.down` does, also when setting it up failed half-way)."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))  # short: unix socket paths live in here
+    monkeypatch.setenv("LAB_KIT_STATE_DIR", str(state))
+    monkeypatch.setenv("LAB_KIT_PROGRESS", str(tmp_path / "progress.json"))
+    monkeypatch.chdir(lab_notebooks.LABS_DIR)
+    try:
+        yield
+    finally:
+        sweep(get_lab(lab_id).cluster_name, kernel.Runner())
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def explain(results: Iterable[CheckResult]) -> str:
+    return "\n".join(r.summary() for r in results)
