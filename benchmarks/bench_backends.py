@@ -17,7 +17,6 @@ Run as root from the repository root:
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_up import make_config, make_pods, probe_all, unique_name  # noqa: E402
 
-from lab_kit import backends, config, kernel, naming  # noqa: E402
+from lab_kit import config, kernel, naming  # noqa: E402
 from lab_kit.cluster import Cluster  # noqa: E402
 
 TARGET_S = 2.0
@@ -36,7 +35,7 @@ TARGET_S = 2.0
 
 def run(cni: str, root: str) -> dict:
     name = unique_name(cni.replace("-", "")[:4])
-    conf = dataclasses.replace(make_config(name, 3), cni=cni)
+    conf = make_config(name, 3, cni)
     docs = make_pods(conf, 10)
     out: dict = {"cni": cni}
     notes: list[str] = []
@@ -51,12 +50,12 @@ def run(cni: str, root: str) -> dict:
         t3 = time.perf_counter()
         out.update(up=t1 - t0, apply=t2 - t1, probe=t3 - t2, total=t3 - t0, ok=pr["ok"],
                    answered=f"{pr['answered']}/{pr['pods']}")
-        conv = [n for n in notes if n.startswith("BGP converged")]
+        conv = [n for n in notes if n.startswith("BGP converged in ")]
+        if cni == "bgp" and not conv:
+            raise SystemExit(f"Cluster.up no longer reports BGP convergence: {notes}")
         out["bgp"] = conv[0].split()[-2] + " s" if conv else "-"
         t4 = time.perf_counter()
-        new = c.add_node()
-        if cni == "bgp":
-            backends.wait_bgp(c.runner, c.config)
+        new = c.add_node()  # returns once every node has the new node's routes (BGP included)
         out["join"] = time.perf_counter() - t4
         t5 = time.perf_counter()
         c.remove_node(new.name)

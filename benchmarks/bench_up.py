@@ -49,13 +49,13 @@ from lab_kit.cluster import Cluster  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _t_import
 
+GiB = 1024**3
+MiB = 1024**2
 TARGET_SMALL_S = 1.5
 TARGET_DOWN_S = 2.0
 TARGET_LARGE_S = 60.0
-TARGET_LARGE_RSS = 2 * 1024**3
+TARGET_LARGE_RSS = 2 * GiB
 PORT = 8080
-GiB = 1024**3
-MiB = 1024**2
 
 _used_names: list[str] = []
 
@@ -78,10 +78,11 @@ def unique_name(prefix: str) -> str:
 
 # --- cluster config and manifests ---
 
-def make_config(name: str, nodes: int) -> config.ClusterConfig:
+def make_config(name: str, nodes: int, cni: str = config.DEFAULT_CNI) -> config.ClusterConfig:
     return config.parse_config({
         "kind": "Cluster", "apiVersion": config.KIND_API_VERSION, "name": name,
         "nodes": [{"role": "control-plane"}] + [{"role": "worker"}] * (nodes - 1),
+        "networking": {"cni": cni},
     })
 
 
@@ -103,20 +104,25 @@ def make_pods(conf: config.ClusterConfig, per_node: int) -> list[dict]:
 
 # --- probing ---
 
-def probe_all(c: Cluster, deadline_s: float = 30.0, workers: int = 16) -> dict:
-    """Probe every pod once over HTTP /hostname from a pod on another node (retrying failures
-    until `deadline_s`). Returns counts; `ok` is true when every pod answered with its name."""
-    pods = c.pods()
+def cross_node_pairs(pods: list) -> list[tuple]:
+    """(source, destination) for every pod as destination: the source is a pod on another
+    node, taken round-robin over the other nodes and their pods."""
     by_node: dict[str, list] = defaultdict(list)
     for p in pods:
         by_node[p.node].append(p)
     nodes = sorted(by_node)
     pairs = []
-    for p in pods:
+    for i, p in enumerate(pods):
         others = [n for n in nodes if n != p.node] or [p.node]
-        other = others[len(pairs) % len(others)]
-        src = by_node[other][len(pairs) % len(by_node[other])]
-        pairs.append((src.key, p.key, p.name))
+        srcs = by_node[others[i % len(others)]]
+        pairs.append((srcs[i % len(srcs)], p))
+    return pairs
+
+
+def probe_all(c: Cluster, deadline_s: float = 30.0, workers: int = 16) -> dict:
+    """Probe every pod once over HTTP /hostname from a pod on another node (retrying failures
+    until `deadline_s`). Returns counts; `ok` is true when every pod answered with its name."""
+    pairs = [(src.key, dst.key, dst.name) for src, dst in cross_node_pairs(c.pods())]
 
     def one(pair):
         src, dst, want = pair
@@ -143,14 +149,7 @@ def probe_all(c: Cluster, deadline_s: float = 30.0, workers: int = 16) -> dict:
 def raw_probes(c: Cluster, workers: int = 16) -> dict:
     """Every pod probed from a pod on another node with `probe_socket` directly (no name
     lookups): what the connections alone cost."""
-    pods = c.pods()
-    nodes = sorted({p.node for p in pods})
-    by_node = {n: [p for p in pods if p.node == n] for n in nodes}
-    pairs = []
-    for i, p in enumerate(pods):
-        others = [n for n in nodes if n != p.node] or [p.node]
-        src = by_node[others[i % len(others)]][i % len(by_node[others[i % len(others)]])]
-        pairs.append((src, p))
+    pairs = cross_node_pairs(c.pods())
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as ex:
         res = list(ex.map(lambda sp: cluster_mod.probe_socket(
@@ -161,25 +160,15 @@ def raw_probes(c: Cluster, workers: int = 16) -> dict:
 
 # --- memory ---
 
-def _status_kib(pid: int, key: str) -> int:
+def _proc_kib(pid: int, file: str, key: str) -> int | None:
+    """The `key:` line of /proc/PID/FILE in KiB (status, smaps_rollup), or None."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{file}") as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
-    return 0
-
-
-def _pss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
     return None
 
 
@@ -198,13 +187,14 @@ def lab_memory(name: str) -> dict:
             comm = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
         except OSError:
             comm = "?"
-        rows.append({"pid": pid, "cmd": comm.strip(), "rss": _status_kib(pid, "VmRSS") * 1024,
-                     "hwm": _status_kib(pid, "VmHWM") * 1024,
-                     "pss": (_pss_kib(pid) or 0) * 1024})
+        rows.append({"pid": pid, "cmd": comm.strip(),
+                     "rss": (_proc_kib(pid, "status", "VmRSS") or 0) * 1024,
+                     "hwm": (_proc_kib(pid, "status", "VmHWM") or 0) * 1024,
+                     "pss": (_proc_kib(pid, "smaps_rollup", "Pss") or 0) * 1024})
     return {"procs": rows, "rss": sum(r["rss"] for r in rows),
             "pss": sum(r["pss"] for r in rows), "hwm": sum(r["hwm"] for r in rows),
             "self_rss": rows[0]["rss"], "self_hwm": rows[0]["hwm"],
-            "pss_available": _pss_kib(os.getpid()) is not None}
+            "pss_available": _proc_kib(os.getpid(), "smaps_rollup", "Pss") is not None}
 
 
 # --- quiet machine between phases ---
@@ -441,14 +431,9 @@ def lab_run(label: str, nodes: int, per_node: int, root: str, measure_memory: bo
             say(f"  down {out['down']:.2f} s")
             if phases:
                 phases.report(f"{label}: down")
-    time.sleep(0.05)
     out["left_netns"] = [n for n in kernel.list_netns() if naming.owns_netns(name, n)]
     out["left_pids"] = [p for p in agn_pids if cluster_mod._alive(p)]
     return out
-
-
-def fmt_s(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f} s"
 
 
 def main() -> int:

@@ -546,6 +546,14 @@ class Comparison:
         return fig
 
 
+def perf_config(name: str, backend: str) -> config.ClusterConfig:
+    """Cluster `name`: 1 control-plane + 2 workers with CNI backend `backend`."""
+    return config.parse_config({
+        "kind": "Cluster", "apiVersion": config.KIND_API_VERSION, "name": name,
+        "nodes": [{"role": "control-plane"}, {"role": "worker"}, {"role": "worker"}],
+        "networking": {"cni": backend}})
+
+
 def perf_pods(worker: str, worker2: str) -> list[dict[str, Any]]:
     """The three pods: `client` and `local` on `worker`, `remote` on `worker2` (spec.nodeName)."""
     def pod(name: str, node: str) -> dict[str, Any]:
@@ -602,10 +610,7 @@ def compare_backends(backends: Sequence[str] = ("host-gw", "vxlan", "bgp"), *,
         label = LABELS[backend]
         times: dict[str, float] = {}
         result.timings[backend] = times
-        conf = config.parse_config({
-            "kind": "Cluster", "apiVersion": config.KIND_API_VERSION, "name": names[backend],
-            "nodes": [{"role": "control-plane"}, {"role": "worker"}, {"role": "worker"}],
-            "networking": {"cni": backend}})
+        conf = perf_config(names[backend], backend)
         worker, worker2 = [n.name for n in conf.nodes if n.role == "worker"]
         say(f"[{label}] creating cluster `{conf.name}` (1 control-plane + 2 workers, "
             f"cni: {backend})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from typing import Any
 
@@ -15,8 +14,6 @@ from lab_kit.errors import LabError
 from lab_kit.pytest_plugin import processes_with, unique_name
 
 pytestmark = pytest.mark.root
-
-HAS_VXLAN_BACKEND = importlib.util.find_spec("lab_kit.backends") is not None
 
 
 def cluster_config(cni: str) -> config.ClusterConfig:
@@ -96,8 +93,9 @@ def test_capture_on_a_node_and_in_a_pod(lab_cluster_factory) -> None:
     assert "eth0" in in_pod.tcpdump_text()  # tcpdump run in the pod's netns names it right
     assert no_tcpdump_left(in_pod)
 
-    # the journal holds both commands, re-typeable
+    # the journal holds both commands, re-typeable, as the learner's
     journal = str(c.journal())
+    assert [e.source for e in c.journal() if e.argv[0] == "tcpdump"] == ["you", "you"]
     assert (f"ip netns exec lk-{node_b} tcpdump -w {on_node.pcap} -U --immediate-mode"
             in journal)
     assert on_node.shell_command in journal and in_pod.shell_command in journal
@@ -112,18 +110,21 @@ def test_count_seconds_and_clear_errors(lab_cluster_factory) -> None:
     a, b = two_pods(c)
     node_a = c.node(f"{c.name}-worker")
 
-    # -c: tcpdump stops by itself after 2 packets, though the ping sends 6
+    # -c: tcpdump stops by itself after 2 packets, though the ping makes 6 (3 requests, 3
+    # replies)
     cap = capture(c, node_a, filter="icmp", count=2,
                   during=lambda: node_a.sh(f"ping -c 3 -i 0.2 {b.ip}"))
     assert [p.layer("ICMP")["type_name"] for p in cap] == ["echo-request", "echo-reply"]
     assert cap[0].layer("IPv4")["dst"] == b.ip and cap[0].interface == "eth0"
     assert "-c" in cap.command and no_tcpdump_left(cap)
 
-    # no `during`: a timed capture
+    # no `during`: a timed capture; as a lab check runs it, journaled as lab_kit's
     t0 = time.monotonic()
-    quiet = capture(c, "external", filter="tcp port 9", seconds=0.3)
+    quiet = capture(c, "external", filter="tcp port 9", seconds=0.3, source="lab_kit")
     assert len(quiet) == 0 and 0.3 <= time.monotonic() - t0 < 3
     assert quiet.summary().startswith("(no packets)")
+    assert c.journal(last=1)[0].argv == quiet.command
+    assert c.journal(last=1)[0].source == "lab_kit"
 
     with pytest.raises(LabError, match="no node, pod or `external` of that name.*nodes: "):
         capture(c, "nosuchthing")
@@ -141,8 +142,6 @@ def test_count_seconds_and_clear_errors(lab_cluster_factory) -> None:
     assert processes_with(str(c.store.dir / "captures")) == []
 
 
-@pytest.mark.skipif(not HAS_VXLAN_BACKEND, reason="the vxlan backend (lab_kit.backends) "
-                    "is not there yet")
 def test_vxlan_on_the_underlay(lab_cluster_factory) -> None:
     c = lab_cluster_factory(cluster_config("vxlan"))
     a, b = two_pods(c)

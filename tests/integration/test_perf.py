@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_kit import config, kernel, naming, perf
+from lab_kit import kernel, naming, perf
 from lab_kit.cluster import Cluster
 from lab_kit.errors import LabError
 from lab_kit.pytest_plugin import processes_with, unique_name
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.root
 
 def perf_cluster(factory, cni: str = "host-gw") -> Cluster:
     name = unique_name("p")
-    conf = config.parse_config({
-        "kind": "Cluster", "apiVersion": config.KIND_API_VERSION, "name": name,
-        "nodes": [{"role": "control-plane"}, {"role": "worker"}, {"role": "worker"}],
-        "networking": {"cni": cni}})
-    c = factory(conf)
+    c = factory(perf.perf_config(name, cni))
     c.apply(perf.perf_pods(f"{name}-worker", f"{name}-worker2"))
     return c
 
