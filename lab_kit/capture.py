@@ -707,37 +707,21 @@ def _html_layers(p: Packet) -> str:
 def resolve(cluster: Cluster, where: str | Shell) -> tuple[str, str]:
     """(label, netns) of a node, a pod (`name`, `ns/name`, a unique prefix) or `external`;
     a Node or PodShell object (`c.node(…)`, `c.pod(…)`) also works."""
-    if not isinstance(where, str):
-        netns = getattr(where, "netns", None)
-        if not isinstance(netns, str):
-            raise LabError(f"cannot capture in {where!r}: give a node name, a pod name or "
-                           "`external`")
-        return str(getattr(where, "name", netns)), netns
-    if where == "external":
-        return "external", cluster.external.netns
-    nodes = cluster.nodes()
-    for n in nodes:
-        if n.name == where:
-            return n.name, n.netns
+    from lab_kit.cluster import Shell  # late: capture is imported by cluster on demand
+
+    if not isinstance(where, (str, Shell)):
+        raise LabError(f"cannot capture in {where!r}: give a node name, a pod name or "
+                       "`external`")
     try:
-        p = cluster.pod(where)
+        label, netns, _ = cluster.endpoint(where)
     except LabError as e:
-        if "matches several" in str(e):
-            raise LabError(f"cannot capture in `{where}`: {e}") from None
-        pods = ", ".join(p.key for p in cluster.pods()) or "none"
-        raise LabError(f"cannot capture in `{where}`: no node, pod or `external` of that name "
-                       f"in cluster `{cluster.name}`; nodes: "
-                       f"{', '.join(n.name for n in nodes)}; pods: {pods}") from None
-    return p.info.key, p.netns
+        raise LabError(f"cannot capture in `{where}`: {e}") from None
+    return label, netns
 
 
 def netns_interfaces(netns: str) -> dict[int, str]:
     """{ifindex: name} of every interface in `netns` (read, not journaled)."""
-    r = kernel.Runner().run(["ip", "-j", "link", "show"], netns, check=False, record=False)
-    try:
-        links = json.loads(r.stdout or "[]")
-    except json.JSONDecodeError:
-        links = []
+    links = kernel.Runner().json(["ip", "-j", "link", "show"], netns)
     return {int(ln["ifindex"]): ln["ifname"] for ln in links if "ifindex" in ln}
 
 

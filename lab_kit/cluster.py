@@ -768,19 +768,27 @@ class Cluster:
 
     # traffic -----------------------------------------------------------------------------
 
-    def _endpoint(self, ref: str) -> tuple[str, str, str]:
-        """(label, netns, ip) for a pod, node or `external`."""
+    def endpoint(self, ref: str | Shell) -> tuple[str, str, str]:
+        """(label, netns, ip) of a pod (`name`, `ns/name`, a unique prefix), a node, `external`,
+        or a Node/PodShell object (`c.node(…)`, `c.pod(…)`)."""
+        if isinstance(ref, Shell):
+            label = ref.info.key if isinstance(ref, PodShell) else ref.name
+            return label, ref.netns, ref.ip
         if ref == "external":
             e = self.external
             return "external", e.netns, e.ip
-        for n in self.nodes():
+        nodes = self.nodes()
+        for n in nodes:
             if n.name == ref:
                 return n.name, n.netns, n.ip
         try:
             p = self.pod(ref)
-        except LabError:
-            raise LabError(f"`{ref}` is not a pod, a node or `external` in cluster "
-                           f"`{self.name}`") from None
+        except LabError as e:
+            if "matches several" in str(e):
+                raise
+            pods = ", ".join(p.key for p in self.pods()) or "none"
+            raise LabError(f"no node, pod or `external` of that name in cluster `{self.name}`; "
+                           f"nodes: {', '.join(n.name for n in nodes)}; pods: {pods}") from None
         return p.info.key, p.netns, p.ip
 
     def probe(self, src: str, dst: str, port: int | None = None, protocol: str = "TCP",
@@ -789,12 +797,12 @@ class Cluster:
 
         TCP: an HTTP GET of `path`; UDP: the agnhost `hostname` command.
         """
-        src_label, src_ns, _ = self._endpoint(src)
+        src_label, src_ns, _ = self.endpoint(src)
         try:
             ipaddress.ip_address(dst)
             dst_label, ip = dst, dst
         except ValueError:
-            dst_label, _, ip = self._endpoint(dst)
+            dst_label, _, ip = self.endpoint(dst)
         protocol = protocol.upper()
         if port is None:
             port = self._default_port(dst, protocol)
@@ -824,17 +832,21 @@ class Cluster:
     def capture(self, where: str | Shell, *, interface: str = "any", filter: str = "",
                 count: int | None = None, seconds: float | None = 2.0,
                 during: Callable[[], Any] | None = None, settle: float = 0.3,
-                snaplen: int | None = None):  # -> lab_kit.capture.Capture
+                snaplen: int | None = None, source: str = "you"
+                ):  # -> lab_kit.capture.Capture
         """tcpdump in a node's, pod's or the external host's netns, decoded layer by layer.
 
             cap = c.capture("lab-worker2", interface="eth0", filter="udp port 8472",
                             during=lambda: c.probe("web-a", "web-b"))
             cap            # in a notebook: a table of packets, outer and inner headers
             cap.layers(0)  # one packet, header by header, with each header's size
+
+        `source` is who the journal says ran tcpdump (a lab's check passes its own).
         """
         from lab_kit import capture
         return capture.capture(self, where, interface=interface, filter=filter, count=count,
-                               seconds=seconds, during=during, settle=settle, snaplen=snaplen)
+                               seconds=seconds, during=during, settle=settle, snaplen=snaplen,
+                               source=source)
 
     def diagram(self, show_routes: bool = True):  # -> graphviz.Digraph
         from lab_kit import observe, viz

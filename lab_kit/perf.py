@@ -295,8 +295,8 @@ def throughput(cluster: Cluster, src_pod: str, dst_pod: str, *, seconds: float =
     proto = protocol.upper()
     if proto not in ("TCP", "UDP"):
         raise LabError(f"protocol {protocol!r}: use TCP or UDP")
-    src_label, src_ns, _ = cluster._endpoint(src_pod)
-    dst_label, dst_ns, dst_ip = cluster._endpoint(dst_pod)
+    src_label, src_ns, _ = cluster.endpoint(src_pod)
+    dst_label, dst_ns, dst_ip = cluster.endpoint(dst_pod)
     secs = max(1, math.ceil(seconds))
     if port is None:
         port = _pick_port(cluster, dst_pod, dst_ns)
@@ -365,8 +365,8 @@ def latency(cluster: Cluster, src_pod: str, dst_pod: str, *, count: int = 20,
     """
     if count < 1:
         raise LabError(f"count must be at least 1, not {count}")
-    src_label, src_ns, _ = cluster._endpoint(src_pod)
-    dst_label, _, dst_ip = cluster._endpoint(dst_pod)
+    src_label, src_ns, _ = cluster.endpoint(src_pod)
+    dst_label, _, dst_ip = cluster.endpoint(dst_pod)
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", f"{interval:g}", "-W", "1", dst_ip]
     done = cluster.runner.run(argv, src_ns, check=False, timeout=count * interval + 10)
     if done.rc not in (0, 1):  # 1: no reply; anything else: ping itself failed

@@ -10,9 +10,13 @@ a network namespace, the two ends of a veth pair, a link's state. They read, nev
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import ipaddress
+from typing import TYPE_CHECKING, Any
 
 from lab_kit.checks import Context, Lab
+
+if TYPE_CHECKING:
+    from lab_kit.cluster import Cluster
 
 LABS: dict[str, str] = {
     "00-welcome": "lab_kit.labs.welcome",
@@ -147,3 +151,51 @@ def norm_answer(value: Any) -> str:
         return ""
     text = str(value).strip().strip("\"'").strip()
     return "" if text in ("…", "...") else text
+
+
+# --- routes and node addresses (labs 03, 04 and 05) ---------------------------------------------
+
+def underlay_ip(netns: str) -> str | None:
+    """A node's address on the underlay: the first IPv4 address of its eth0, from the kernel."""
+    links = Context.ip_json(netns, "addr", "show", "dev", "eth0")
+    return ip_of(links[0] if links else None)
+
+
+def node_ips(cluster: Cluster) -> dict[str, str]:
+    """{underlay IP: node name} for every node of the cluster, read from each node's eth0."""
+    return {ip: n.name for n in cluster.nodes() if (ip := underlay_ip(n.netns))}
+
+
+def route_text(r: dict[str, Any]) -> str:
+    """A route of `ip -j route` as `ip route` prints it (type, via, dev, proto, scope, src)."""
+    from lab_kit.observe import parse_ip_route  # late: it adds ~15 ms to importing a lab
+
+    return parse_ip_route([r])[0].text()
+
+
+def route_net(dst: str) -> ipaddress.IPv4Network | None:
+    """The network of a route's `dst` as `ip -j route` prints it (`default`, `10.244.2.0/24`, a
+    host address without /32); None if it is none of those."""
+    if dst == "default":
+        return ipaddress.ip_network("0.0.0.0/0")
+    try:
+        return ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+    except ValueError:
+        return None
+
+
+def best_route(routes: list[dict[str, Any]], ip: str) -> dict[str, Any] | None:
+    """The main-table route the kernel picks for `ip`: the longest prefix containing it
+    (whatever its type: a `blackhole` or `unreachable` route matches too)."""
+    addr = ipaddress.ip_address(ip)
+    cands = [(n.prefixlen, r) for r in routes
+             if (n := route_net(r.get("dst", ""))) is not None and addr in n]
+    return max(cands, key=lambda c: c[0])[1] if cands else None
+
+
+def route_get(ctx: Context, netns: str, dst: str, src: str | None = None,
+              iif: str | None = None) -> dict[str, Any] | None:
+    """The kernel's own decision, `ip -j route get DST [from SRC iif IIF]` (None: no route)."""
+    args = ["route", "get", dst] + (["from", src, "iif", iif] if src and iif else [])
+    got = ctx.ip_json(netns, *args)
+    return got[0] if got else None

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 from lab_kit import backends, config, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
-from lab_kit.labs import ipv4_of, is_netns, norm_answer
-from lab_kit.labs.host_gw import route_net, route_text
+from lab_kit.labs import ipv4_of, is_netns, norm_answer, route_net, route_text
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster, Table

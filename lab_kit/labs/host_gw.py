@@ -22,10 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 from lab_kit import kernel, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
-from lab_kit.labs import ip_of, ipv4_of, is_netns, links_by_name, norm_answer
+from lab_kit.labs import (
+    best_route,
+    ip_of,
+    ipv4_of,
+    is_netns,
+    links_by_name,
+    node_ips,
+    norm_answer,
+    route_get,
+    route_text,
+)
 
 if TYPE_CHECKING:
-    from lab_kit.cluster import Cluster
+    pass
 
 LAB = Lab("03-routing-between-nodes", "Routing between nodes (host-gw)", "hostgw")
 
@@ -72,54 +82,6 @@ def view(ctx: Context, node: str) -> NodeView:
     pod_ip = ipv4_of(ctx, pod_ns, "eth0") if is_netns(ctx, pod_ns) else None
     return NodeView(node, ns, ip_of(links.get(UNDERLAY)), cidr, ip_of(links.get(BRIDGE)), pod,
                     pod_ns, pod_ip, ctx.routes(ns))
-
-
-# --- reading routes and node addresses (lab 04 and 05 use these too) -------------------------
-
-def underlay_ip(netns: str) -> str | None:
-    """A node's address on the underlay: the first IPv4 address of its eth0, from the kernel."""
-    links = Context.ip_json(netns, "addr", "show", "dev", UNDERLAY)
-    return ip_of(links[0] if links else None)
-
-
-def node_ips(cluster: Cluster) -> dict[str, str]:
-    """{underlay IP: node name} for every node of the cluster, read from each node's eth0."""
-    return {ip: n.name for n in cluster.nodes() if (ip := underlay_ip(n.netns))}
-
-
-def route_text(r: dict[str, Any]) -> str:
-    """A route of `ip -j route` as `ip route` prints it (type, via, dev, proto, scope, src)."""
-    from lab_kit.observe import parse_ip_route  # late: it adds ~15 ms to importing a lab
-
-    return parse_ip_route([r])[0].text()
-
-
-def route_net(dst: str) -> ipaddress.IPv4Network | None:
-    """The network of a route's `dst` as `ip -j route` prints it (`default`, `10.244.2.0/24`, a
-    host address without /32); None if it is none of those."""
-    if dst == "default":
-        return ipaddress.ip_network("0.0.0.0/0")
-    try:
-        return ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
-    except ValueError:
-        return None
-
-
-def best_route(routes: list[dict[str, Any]], ip: str) -> dict[str, Any] | None:
-    """The main-table route the kernel picks for `ip`: the longest prefix containing it
-    (whatever its type: a `blackhole` or `unreachable` route matches too)."""
-    addr = ipaddress.ip_address(ip)
-    cands = [(n.prefixlen, r) for r in routes
-             if (n := route_net(r.get("dst", ""))) is not None and addr in n]
-    return max(cands, key=lambda c: c[0])[1] if cands else None
-
-
-def route_get(ctx: Context, netns: str, dst: str, src: str | None = None,
-              iif: str | None = None) -> dict[str, Any] | None:
-    """The kernel's own decision, `ip -j route get DST [from SRC iif IIF]` (None: no route)."""
-    args = ["route", "get", dst] + (["from", src, "iif", iif] if src and iif else [])
-    got = ctx.ip_json(netns, *args)
-    return got[0] if got else None
 
 
 def _missing(a: NodeView, b: NodeView) -> Verdict | None:

@@ -34,8 +34,7 @@ from lab_kit import backends, kernel, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.config import UNDERLAY_MTU, VXLAN_OVERHEAD
 from lab_kit.errors import LabError
-from lab_kit.labs import norm_answer
-from lab_kit.labs.host_gw import best_route, node_ips, route_text, underlay_ip
+from lab_kit.labs import best_route, node_ips, norm_answer, route_text, underlay_ip
 
 if TYPE_CHECKING:
     import graphviz
@@ -486,7 +485,7 @@ def _fresh_reply(ctx: Context, asker: Any, answerer: Any) -> tuple[str, int, int
     """(outer source IP, UDP destination port, VNI) of web-b's answer, from a new capture on
     the asker's node's eth0."""
     c = ctx.cluster
-    cap = c.capture(asker.node, interface="eth0", filter="udp",
+    cap = c.capture(asker.node, interface="eth0", filter="udp", source="check",
                     during=lambda: c.probe(ASKER, ANSWERER, PORT, timeout=2))
     wrapped = [p for p in _reply_packets(cap, answerer.ip, asker.ip, level=1)
                if p.layer("VXLAN") is not None]
@@ -546,11 +545,10 @@ def icmp_filter_present(netns: str) -> bool:
     return r.rc == 0
 
 
-def _flush_pmtu(pods: dict[str, Any]) -> None:
+def _flush_pmtu(runner: kernel.Runner, pods: dict[str, Any]) -> None:
     """Forget every path MTU the pods learned (their route cache), so a measurement starts cold."""
     for p in pods.values():
-        kernel.Runner().run(["ip", "route", "flush", "cache"], p.netns, check=False,
-                            record=False)
+        runner.run(["ip", "route", "flush", "cache"], p.netns, check=False, source="check")
 
 
 def big_transfer(c: Cluster, src: str, dst: str, timeout: float = BIG_TIMEOUT) -> Any:
@@ -564,14 +562,14 @@ def check_no_black_hole(ctx: Context) -> Verdict:
     if missing:
         return missing
     c = ctx.cluster
-    runner = kernel.Runner()
+    runner = c.runner  # the check's own kernel changes go into the journal, marked `check`
     added = []
     try:
         for n in c.nodes():
             if not icmp_filter_present(n.netns):
-                runner.run(["iptables", "-I", "OUTPUT", *ICMP_FILTER], n.netns, record=False)
+                runner.run(["iptables", "-I", "OUTPUT", *ICMP_FILTER], n.netns, source="check")
                 added.append(n.netns)
-        _flush_pmtu(pods)
+        _flush_pmtu(runner, pods)
         results = []
         for a, b in itertools.combinations(sorted(pods), 2):
             if pods[a].node == pods[b].node:
@@ -583,7 +581,7 @@ def check_no_black_hole(ctx: Context) -> Verdict:
     finally:
         for ns in added:
             runner.run(["iptables", "-D", "OUTPUT", *ICMP_FILTER], ns, check=False,
-                       record=False)
+                       source="check")
     total = len(c.nodes())
     where = "every node" if len(added) == total else f"{len(added)} of {total} nodes"
     note = (f" (the check added the ICMP filter on {where} for the measurement, since real "
