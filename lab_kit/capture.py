@@ -736,8 +736,7 @@ class _Tcpdump:
         self.killed = False
         # a session of its own: a Ctrl-C in the terminal reaches Python, which then stops
         # tcpdump cleanly in `finally` (the pcap gets flushed either way)
-        self.proc = subprocess.Popen(["nsenter", f"--net={kernel.netns_path(netns)}", "--",
-                                      *argv], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(kernel.in_netns_argv(argv, netns), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, errors="replace", start_new_session=True,
                                      close_fds=True)

@@ -378,8 +378,8 @@ class Cluster:
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # `setsid -f` forks: the server is a daemon re-parented to init, not a child of this
         # (possibly long-lived notebook) process that would linger as a zombie after `down`
-        subprocess.run(["nsenter", f"--net={kernel.netns_path(naming.node_netns(node))}", "--",
-                        "setsid", "-f", *argv], stdin=subprocess.DEVNULL, stdout=log,
+        subprocess.run(kernel.in_netns_argv(["setsid", "-f", *argv], naming.node_netns(node)),
+                       stdin=subprocess.DEVNULL, stdout=log,
                        stderr=log, env=env, close_fds=True, check=True, timeout=10)
         log.close()
         deadline = time.monotonic() + 10

@@ -524,7 +524,7 @@ def run_plugin(exe: str, netns: str, env: dict[str, str], stdin: str,
     """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     full_env.update(env)
-    argv = ["nsenter", f"--net={kernel.netns_path(netns)}", "--", exe]
+    argv = kernel.in_netns_argv([exe], netns)
     t0 = time.perf_counter()
     timed_out = False
     try:

@@ -32,6 +32,13 @@ def netns_path(netns: str) -> str:
     return str(NETNS_DIR / netns)
 
 
+def in_netns_argv(argv: Sequence[str], netns: str | None) -> list[str]:
+    """argv run inside `netns`'s network namespace only (`nsenter --net=… --`); the mount
+    namespace stays the host's. None: argv unchanged (the root namespace)."""
+    return list(argv) if netns is None else ["nsenter", f"--net={netns_path(netns)}", "--",
+                                             *argv]
+
+
 @dataclass(frozen=True)
 class Completed:
     argv: list[str]
@@ -120,7 +127,7 @@ class Runner:
             env: dict[str, str] | None = None, check: bool = True, record: bool = True,
             timeout: float = 60, source: str | None = None) -> Completed:
         argv = [str(a) for a in argv]
-        full = argv if netns is None else ["nsenter", f"--net={netns_path(netns)}", "--", *argv]
+        full = in_netns_argv(argv, netns)
         penv = None
         if env:
             penv = dict(os.environ)

@@ -306,7 +306,7 @@ def throughput(cluster: Cluster, src_pod: str, dst_pod: str, *, seconds: float =
     server = ["iperf3", "-s", "-1", "-p", str(port)]
     cluster.runner.note(server, dst_ns, source="lab_kit")
     # nsenter execs iperf3 (no fork for a network namespace): the pid is the server's own
-    proc = subprocess.Popen(["nsenter", f"--net={kernel.netns_path(dst_ns)}", "--", *server],
+    proc = subprocess.Popen(kernel.in_netns_argv(server, dst_ns),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, close_fds=True)
     finished = False
