@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab_kit import agnhost, backends, cni, config, kernel, model, naming
+from lab_kit import agnhost, backends, cni, config, kernel, kubeproxy, model, naming, services
 from lab_kit.errors import ConfigError, LabError, NotRunningError
 from lab_kit.kernel import Journal, Runner
 from lab_kit.state import Store, list_clusters, state_root
@@ -211,7 +211,7 @@ class Cluster:
                      "source": conf.source, "created": time.time(),
                      "namespaces": {n: {"labels": {"kubernetes.io/metadata.name": n}}
                                     for n in model.SYSTEM_NAMESPACES},
-                     "deployments": {}, "pods": {}}
+                     "deployments": {}, "pods": {}, "services": {}, "endpointslices": {}}
             self.store.save(state)  # before any kernel change: `down` can always find us
             self._state = state
             try:
@@ -232,6 +232,7 @@ class Cluster:
                     list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
                 if conf.cni != "bgp":
                     underlay_ready()
+                self._sync_services(state)  # kube-proxy's base chains on every node
                 if conf.cni == "bgp":
                     say("waiting for BGP: every node learns every other node's pod CIDR")
                     waited = backends.wait_bgp(self.runner, conf)
@@ -321,8 +322,11 @@ class Cluster:
 
     def _setup_node(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
         ns = naming.node_netns(n.name)
+        # bridged pod-to-pod frames must pass iptables, or a reply from a Service backend on
+        # the same bridge skips the conntrack that un-DNATs it
         self.runner.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                         "net.ipv4.conf.all.forwarding=1"], ns)
+                         "net.ipv4.conf.all.forwarding=1",
+                         "net.bridge.bridge-nf-call-iptables=1"], ns)
         self._setup_backend(conf, n)
         data_dir = self.store.dir / "cni" / n.name
         cni.write_conflist(data_dir / "10-cbr0.conflist", self._conflist(conf, n))
@@ -453,6 +457,8 @@ class Cluster:
                                      naming.underlay_netns(self.name)])
                 self._setup_node(conf, new_node)
                 self._reconcile_nodes(conf, [n for n in conf.nodes if n is not new_node], say)
+                self._sync_services(state)
+                self.store.save(state)
             except BaseException:
                 say(f"adding {new_node.name} failed; removing it again")
                 self._drop_node(new_node, old)
@@ -493,6 +499,7 @@ class Cluster:
             messages.append(f'node "{name}" deleted')
             say(f"node {name} removed; reconciling {len(rest)} nodes")
             self._reconcile_nodes(conf, list(rest), say)
+            self._sync_services(state)
             # a Deployment keeps its replica count: its pods that were on the node come back
             deployments = [model.deployment_from_json(d) for d in state["deployments"].values()]
             if deployments and evicted:
@@ -631,16 +638,28 @@ class Cluster:
 
     def _execute(self, plan: Plan, say: Progress) -> None:
         state = self.state
-        backup = {k: copy.deepcopy(state[k]) for k in ("namespaces", "deployments")}
+        state.setdefault("services", {})
+        state.setdefault("endpointslices", {})
+        backup = {k: copy.deepcopy(state[k]) for k in ("namespaces", "deployments", "services",
+                                                       "endpointslices")}
         backup_labels = {k: state["pods"][k]["spec"]["labels"] for k in plan.relabel}
+        had_services = bool(state["services"])
         state["namespaces"].update(plan.namespaces)
         for key in plan.delete_namespaces:
             state["namespaces"].pop(key, None)
         state["deployments"].update(plan.deployments)
         for key in plan.delete_deployments:
             state["deployments"].pop(key, None)
+        state["services"].update(plan.services)
+        for key in plan.delete_services:
+            state["services"].pop(key, None)
         for key, labels in plan.relabel.items():
             state["pods"][key]["spec"]["labels"] = labels
+        sync = had_services or bool(state["services"])
+        if sync and plan.delete_pods:
+            # endpoints of pods about to go are removed from every node's rules first, so no
+            # new connection is sent to a pod that is being deleted
+            self._sync_services(state, exclude=plan.delete_pods)
         # deletions first: they free IPs and ports
         by_node: dict[str, list[str]] = {}
         for key in plan.delete_pods:
@@ -673,6 +692,11 @@ class Cluster:
             _warn_neighbour_limit(len(state["pods"]))
             for node in {p["node"] for p in state["pods"].values()} | set(creates):
                 self._sync_agnhost(node)  # also restarts a server that died since last time
+            if sync:
+                if plan.services or plan.delete_services:
+                    say("kube-proxy: syncing Service rules on every node")
+                self._sync_services(state)
+                self.store.save(state)
         except BaseException:
             # roll back this apply's pods so nothing is half-built
             for key in made:
@@ -686,9 +710,65 @@ class Cluster:
             for node in creates:
                 with contextlib.suppress(LabError, OSError):
                     self._sync_agnhost(node)
+            if sync:
+                with contextlib.suppress(LabError, OSError):
+                    self._sync_services(state)  # the rules of the state before this apply
             raise
         finally:
             self.store.save(state)
+
+    def _sync_services(self, state: dict[str, Any], exclude: Iterable[str] = ()) -> None:
+        """The endpoint controller, then kube-proxy on every node, then the load balancer.
+
+        EndpointSlices are derived from Services and pods (pods in `exclude` are treated as
+        terminating); every node gets one full, atomic kube-proxy sync; UDP conntrack entries
+        to endpoints that went away are deleted; the external side's routes to load-balancer
+        IPs are reconciled. Records the new slices in `state` (the caller saves it).
+        """
+        conf = self.config
+        state.setdefault("services", {})
+        old_ports = services.service_ports(state["services"],
+                                           state.get("endpointslices") or {})
+        slices = services.endpoint_slices(state["services"], state["pods"], exclude)
+        ports = services.service_ports(state["services"], slices)
+        now = {(sp.spn, sp.protocol, e) for sp in ports for e in sp.endpoints}
+        stale = [(sp, e) for sp in old_ports if sp.protocol == "UDP" for e in sp.endpoints
+                 if (sp.spn, sp.protocol, e) not in now]
+        rules_dir = self.store.dir / "kube-proxy"
+
+        def one(n: config.NodeConfig) -> None:
+            ns = naming.node_netns(n.name)
+            kubeproxy.sync_node(self.runner, conf.kube_proxy_mode,
+                                services.proxy_input(conf, n.name, ports), ns, rules_dir)
+            if stale:
+                kubeproxy.flush_udp_conntrack(self.runner, ns, stale)
+        _parallel(conf.nodes, one)
+        self._reconcile_lb_routes(services.lb_routes(conf, ports))
+        state["endpointslices"] = slices
+
+    def _reconcile_lb_routes(self, want: dict[str, list[str]]) -> None:
+        """Routes on the `external` host to each load-balancer IP via the nodes announcing it
+        (one next hop per node: the kernel spreads flows over them, ECMP)."""
+        ext = naming.external_netns(self.name)
+        pool = {ipaddress.IPv4Address(a) for a in services.lb_pool()}
+        have: dict[str, list[str]] = {}
+        for r in self.runner.json(["ip", "-j", "route", "show"], ext):
+            dst = r.get("dst", "")
+            try:
+                if ipaddress.IPv4Address(dst) not in pool:
+                    continue
+            except ValueError:
+                continue
+            hops = [h["gateway"] for h in r.get("nexthops", [])] or [r.get("gateway")]
+            have[dst] = sorted((h for h in hops if h), key=ipaddress.IPv4Address)
+        cmds = [f"route del {dst}/32" for dst in have if not want.get(dst)]
+        for ip, hops in want.items():
+            if hops and have.get(ip) != hops:
+                via = " ".join(f"nexthop via {h}" for h in hops) if len(hops) > 1 \
+                    else f"via {hops[0]}"
+                cmds.append(f"route replace {ip}/32 {via}")
+        if cmds:
+            self.runner.batch(cmds, ext, source="load-balancer")
 
     def _create_pods(self, node: str, pods: list[model.Pod]) -> dict[str, dict[str, Any]]:
         conf = self.config
@@ -939,6 +1019,8 @@ class Plan:
     create_pods: list[tuple[model.Pod, str]] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     relabel: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
+    delete_services: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
 
@@ -1016,6 +1098,16 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
                 plan.messages.append(f"pod/{o.name} configured")
             else:
                 plan.messages.append(f"pod/{o.name} unchanged")
+        elif isinstance(o, model.Service):
+            stored = state.get("services") or {}
+            spec = services.allocate(o, stored, conf, src,
+                                     [v["spec"] for v in plan.services.values()])
+            old = stored.get(o.key)
+            plan.services[o.key] = {"spec": spec,
+                                    "created": old["created"] if old else time.time()}
+            verb = "created" if old is None else (
+                "unchanged" if old["spec"] == spec else "configured")
+            plan.messages.append(f"service/{o.name} {verb}")
         elif isinstance(o, model.Deployment):
             old = state["deployments"].get(o.key)
             plan.deployments[o.key] = model.deployment_to_json(o)
@@ -1058,6 +1150,12 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'deployment.apps "{o.name}" deleted')
             else:
                 plan.messages.append(f'deployment.apps "{o.name}" not found')
+        elif isinstance(o, model.Service):
+            if o.key in (state.get("services") or {}):
+                plan.delete_services.append(o.key)
+                plan.messages.append(f'service "{o.name}" deleted')
+            else:
+                plan.messages.append(f'service "{o.name}" not found')
         elif isinstance(o, model.Namespace):
             if o.name in model.SYSTEM_NAMESPACES:
                 raise ConfigError(f"namespace {o.name!r} is a system namespace and cannot be "
@@ -1068,6 +1166,8 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.delete_deployments += [k for k in state["deployments"]
                                             if k.startswith(o.name + "/")]
                 plan.delete_pods += [k for k in state["pods"] if k.startswith(o.name + "/")]
+                plan.delete_services += [k for k in state.get("services") or {}
+                                         if k.startswith(o.name + "/")]
                 plan.messages.append(f'namespace "{o.name}" deleted')
     plan.delete_pods = sorted(set(plan.delete_pods))
     return plan

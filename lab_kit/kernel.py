@@ -159,12 +159,12 @@ class Runner:
             return []
 
     def batch(self, lines: Sequence[str], netns: str | None, *, check: bool = True,
-              force: bool = False) -> Completed:
+              force: bool = False, source: str | None = None) -> Completed:
         """Many `ip` commands in one exec: `ip -batch -` (each line is journaled on its own)."""
         if not lines:
             return Completed([], netns, 0, "", "")
         argv = ["ip", "-batch", "-"] if not force else ["ip", "-force", "-batch", "-"]
-        return self.run(argv, netns, input="\n".join(lines) + "\n", check=check)
+        return self.run(argv, netns, input="\n".join(lines) + "\n", check=check, source=source)
 
     def note(self, what: list[str], netns: str | None = None, source: str = "mininet") -> None:
         """Journal an action performed by a library (Mininet) rather than by an exec."""

@@ -8,7 +8,9 @@ Every error names the file, the object (`Kind/namespace/name`) and the field pat
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,11 @@ from lab_kit.errors import ConfigError
 
 KUBE_VERSION = "1.33"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment")}
+SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment"),
+                   ("v1", "Service")}
+NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
+MAX_AFFINITY_SECONDS = 86400
+DEFAULT_AFFINITY_SECONDS = 10800
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,49 @@ class Namespace:
         return self.name
 
 
-Object = Pod | Deployment | Namespace
+@dataclass(frozen=True)
+class ServicePortSpec:
+    port: int
+    protocol: str = "TCP"
+    name: str = ""
+    target_port: int | str | None = None  # None: same as `port`; a str is a named port
+    node_port: int | None = None  # requested (or, once stored, allocated)
+
+    @property
+    def target(self) -> int | str:
+        return self.port if self.target_port is None else self.target_port
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str = "ClusterIP"  # ClusterIP, NodePort, LoadBalancer, ExternalName
+    ports: tuple[ServicePortSpec, ...] = ()
+    selector: dict[str, str] | None = None  # None: no selector (no managed EndpointSlices)
+    cluster_ip: str | None = None  # requested; "None" for headless
+    session_affinity: str = "None"
+    affinity_seconds: int = DEFAULT_AFFINITY_SECONDS
+    external_traffic_policy: str | None = None  # Cluster/Local; only for NodePort/LB
+    internal_traffic_policy: str = "Cluster"
+    external_name: str | None = None
+    load_balancer_ip: str | None = None  # the deprecated spec.loadBalancerIP: ask for one
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+    @property
+    def external(self) -> bool:
+        return self.type in ("NodePort", "LoadBalancer")
+
+
+Object = Pod | Deployment | Namespace | Service
 
 
 @dataclass(frozen=True)
@@ -324,6 +372,8 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
                           field="metadata.name")
     if kind == "Pod":
         return _pod_from_spec(ns, name, _labels(meta), doc["spec"], src, obj, "spec.")
+    if kind == "Service":
+        return _service(ns, name, _labels(meta), doc.get("spec") or {}, src, obj)
     # Deployment
     spec = doc["spec"]
     replicas = int(spec.get("replicas", 1))
@@ -346,6 +396,154 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
                               "spec.template.spec.")
     return Deployment(namespace=ns, name=name, replicas=replicas, selector=match,
                       template=template, labels=_labels(meta))
+
+
+IANA_SVC_NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+
+
+def _service(ns: str, name: str, labels: dict[str, str], spec: dict[str, Any], src: Source,
+             obj: str) -> Service:
+    """A v1 Service, with the API server's validation rules that matter for networking."""
+    def fail(msg: str, fld: str, fix: str | None = None) -> ConfigError:
+        return ConfigError(msg, file=src.file, obj=obj, field=fld, fix=fix)
+
+    if not naming.DNS_LABEL_RE.match(name):
+        raise fail(f"{name!r} is not a valid Service name (an RFC 1035 label: lowercase "
+                   "letters, digits and '-', starting with a letter)", "metadata.name")
+    stype = spec.get("type", "ClusterIP")
+    if stype not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        raise fail(f"unsupported value {stype!r}", "spec.type",
+                   "one of ClusterIP, NodePort, LoadBalancer, ExternalName")
+    for unsupported in ("externalIPs", "loadBalancerSourceRanges", "healthCheckNodePort"):
+        if spec.get(unsupported):
+            raise fail(f"{unsupported} is not supported by this version of lab_kit",
+                       f"spec.{unsupported}")
+    if spec.get("ipFamilyPolicy") not in (None, "SingleStack") or any(
+            f != "IPv4" for f in spec.get("ipFamilies") or []):
+        raise fail("the lab's clusters are IPv4 single-stack", "spec.ipFamilyPolicy")
+    cluster_ip = spec.get("clusterIP")
+    ips = spec.get("clusterIPs")
+    if ips:
+        if len(ips) > 1:
+            raise fail("the lab's clusters are IPv4 single-stack: give one clusterIP",
+                       "spec.clusterIPs")
+        if cluster_ip not in (None, "", ips[0]):
+            raise fail("must match spec.clusterIP", "spec.clusterIPs[0]")
+        cluster_ip = ips[0]
+    cluster_ip = cluster_ip or None
+    if stype == "ExternalName":
+        ext = spec.get("externalName")
+        if not ext:
+            raise fail("required for type ExternalName", "spec.externalName")
+        if not naming.DNS_SUBDOMAIN_RE.match(ext.rstrip(".").lower()):
+            raise fail(f"{ext!r} is not a valid DNS name", "spec.externalName")
+        if cluster_ip:
+            raise fail("must be empty for type ExternalName", "spec.clusterIP")
+    elif spec.get("externalName"):
+        raise fail("may only be set for type ExternalName", "spec.externalName")
+    if cluster_ip is not None and cluster_ip != "None":
+        try:
+            ipaddress.IPv4Address(cluster_ip)
+        except ValueError:
+            raise fail(f"{cluster_ip!r} is not a valid IPv4 address (or `None` for a "
+                       "headless Service)", "spec.clusterIP") from None
+    if cluster_ip == "None" and stype != "ClusterIP":
+        raise fail(f"a headless Service (clusterIP: None) must be type ClusterIP, not {stype}",
+                   "spec.clusterIP")
+    raw_ports = spec.get("ports") or []
+    if not raw_ports and stype != "ExternalName" and cluster_ip != "None":
+        raise fail("a Service needs at least one port", "spec.ports")
+    ports: list[ServicePortSpec] = []
+    seen: dict[tuple[int, str], int] = {}
+    names: dict[str, int] = {}
+    for i, p in enumerate(raw_ports):
+        fld = f"spec.ports[{i}]"
+        port = p.get("port")
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise fail(f"port {port!r} is outside 1-65535", f"{fld}.port")
+        proto = p.get("protocol", "TCP")
+        if proto not in ("TCP", "UDP"):
+            raise fail(f"protocol {proto!r} is not supported (TCP or UDP)", f"{fld}.protocol")
+        pname = p.get("name") or ""
+        if len(raw_ports) > 1 and not pname:
+            raise fail("every port needs a name when a Service has more than one",
+                       f"{fld}.name")
+        if pname and not naming.DNS_LABEL_RE.match(pname):
+            raise fail(f"{pname!r} is not a valid port name (an RFC 1123 label)", f"{fld}.name")
+        if pname in names:
+            raise fail(f"duplicate port name {pname!r} (also ports[{names[pname]}])",
+                       f"{fld}.name")
+        names[pname] = i
+        if (port, proto) in seen:
+            raise fail(f"duplicate port {port}/{proto} (also ports[{seen[(port, proto)]}])",
+                       f"{fld}.port")
+        seen[(port, proto)] = i
+        target = p.get("targetPort")
+        if isinstance(target, int):
+            if not 1 <= target <= 65535:
+                raise fail(f"targetPort {target} is outside 1-65535", f"{fld}.targetPort")
+        elif isinstance(target, str):
+            if target.isdigit():
+                target = int(target)
+                if not 1 <= target <= 65535:
+                    raise fail(f"targetPort {target} is outside 1-65535", f"{fld}.targetPort")
+            elif not IANA_SVC_NAME_RE.match(target) or "--" in target:
+                raise fail(f"{target!r} is not a valid port name (at most 15 lowercase "
+                           "letters, digits and '-', with at least one letter)",
+                           f"{fld}.targetPort")
+        node_port = p.get("nodePort")
+        if node_port is not None:
+            if stype not in ("NodePort", "LoadBalancer"):
+                raise fail(f"may not be used when `type` is {stype!r}", f"{fld}.nodePort",
+                           "use type NodePort or LoadBalancer, or drop nodePort")
+            lo, hi = NODE_PORT_RANGE
+            if not isinstance(node_port, int) or not lo <= node_port <= hi:
+                raise fail(f"provided port {node_port} is not in the valid range. The range "
+                           f"of valid ports is {lo}-{hi}", f"{fld}.nodePort")
+        ports.append(ServicePortSpec(port=port, protocol=proto, name=pname,
+                                     target_port=target, node_port=node_port))
+    affinity = spec.get("sessionAffinity", "None")
+    if affinity not in ("None", "ClientIP"):
+        raise fail(f"unsupported value {affinity!r}", "spec.sessionAffinity",
+                   "None or ClientIP")
+    timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
+        "timeoutSeconds", DEFAULT_AFFINITY_SECONDS)
+    if affinity == "ClientIP" and not (isinstance(timeout, int)
+                                        and 0 < timeout <= MAX_AFFINITY_SECONDS):
+        raise fail(f"must be in the range 1-{MAX_AFFINITY_SECONDS}",
+                   "spec.sessionAffinityConfig.clientIP.timeoutSeconds")
+    etp = spec.get("externalTrafficPolicy")
+    if etp is not None:
+        if etp not in ("Cluster", "Local"):
+            raise fail(f"unsupported value {etp!r}", "spec.externalTrafficPolicy",
+                       "Cluster or Local")
+        if stype not in ("NodePort", "LoadBalancer"):
+            raise fail("may only be set for externally-accessible services (type NodePort "
+                       "or LoadBalancer)", "spec.externalTrafficPolicy")
+    elif stype in ("NodePort", "LoadBalancer"):
+        etp = "Cluster"
+    itp = spec.get("internalTrafficPolicy", "Cluster")
+    if itp not in ("Cluster", "Local"):
+        raise fail(f"unsupported value {itp!r}", "spec.internalTrafficPolicy",
+                   "Cluster or Local")
+    lb_ip = spec.get("loadBalancerIP") or None
+    if lb_ip is not None:
+        if stype != "LoadBalancer":
+            raise fail("may only be set for type LoadBalancer", "spec.loadBalancerIP")
+        try:
+            ipaddress.IPv4Address(lb_ip)
+        except ValueError:
+            raise fail(f"{lb_ip!r} is not a valid IPv4 address", "spec.loadBalancerIP"
+                       ) from None
+    selector = spec.get("selector")
+    return Service(namespace=ns, name=name, type=stype, ports=tuple(ports),
+                   selector=None if selector is None else {str(k): str(v)
+                                                           for k, v in selector.items()},
+                   cluster_ip=cluster_ip, session_affinity=affinity,
+                   affinity_seconds=int(timeout), external_traffic_policy=etp,
+                   internal_traffic_policy=itp,
+                   external_name=spec.get("externalName") if stype == "ExternalName" else None,
+                   load_balancer_ip=lb_ip, labels=labels)
 
 
 def load_manifests(source: str | Path | list[dict[str, Any]] | dict[str, Any],
@@ -399,3 +597,29 @@ def deployment_from_json(d: dict[str, Any]) -> Deployment:
     return Deployment(namespace=d["namespace"], name=d["name"], replicas=d["replicas"],
                       selector=dict(d["selector"]), labels=dict(d.get("labels") or {}),
                       template=pod_from_json(d["template"]))
+
+
+def service_to_json(s: Service) -> dict[str, Any]:
+    return {"namespace": s.namespace, "name": s.name, "type": s.type, "labels": s.labels,
+            "selector": s.selector, "clusterIP": s.cluster_ip,
+            "sessionAffinity": s.session_affinity, "affinitySeconds": s.affinity_seconds,
+            "externalTrafficPolicy": s.external_traffic_policy,
+            "internalTrafficPolicy": s.internal_traffic_policy,
+            "externalName": s.external_name, "loadBalancerIP": s.load_balancer_ip,
+            "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port,
+                       "targetPort": p.target_port, "nodePort": p.node_port}
+                      for p in s.ports]}
+
+
+def service_from_json(d: dict[str, Any]) -> Service:
+    return Service(namespace=d["namespace"], name=d["name"], type=d["type"],
+                   labels=dict(d.get("labels") or {}),
+                   selector=None if d.get("selector") is None else dict(d["selector"]),
+                   cluster_ip=d.get("clusterIP"), session_affinity=d["sessionAffinity"],
+                   affinity_seconds=d["affinitySeconds"],
+                   external_traffic_policy=d.get("externalTrafficPolicy"),
+                   internal_traffic_policy=d["internalTrafficPolicy"],
+                   external_name=d.get("externalName"), load_balancer_ip=d.get("loadBalancerIP"),
+                   ports=tuple(ServicePortSpec(port=p["port"], protocol=p["protocol"],
+                                               name=p["name"], target_port=p["targetPort"],
+                                               node_port=p["nodePort"]) for p in d["ports"]))
