@@ -8,6 +8,9 @@
     lab-kit node add            # join a worker; `lab-kit node remove NAME` takes one away
     lab-kit birdc lab-worker show route
     lab-kit capture lab-worker2 -i eth0 udp port 8472 --probe web-a web-b:8080
+    lab-kit get svc,endpointslices
+    lab-kit walk client 10.96.12.34:80     # the chains one packet passes, with counters
+    lab-kit conntrack --dst 10.96.12.34    # the NAT mapping of each flow
     lab-kit down
 """
 
@@ -119,10 +122,31 @@ def cmd_get(args: argparse.Namespace) -> int:
                 out += [n.__dict__ for n in c.nodes()]
             else:
                 print(c.get_nodes())
+        elif kind in ("services", "service", "svc", "endpointslices", "endpointslice"):
+            ns = None if args.all_namespaces else (args.namespace or "default")
+            svc = kind.startswith(("service", "svc"))
+            if args.names and svc:
+                objs = [c.service(n, namespace=ns) for n in args.names]
+                if args.output in ("json", "yaml"):
+                    out += objs
+                else:
+                    print(c.get_services(ns).only([o["metadata"]["name"] for o in objs]))
+            elif args.output in ("json", "yaml"):
+                if svc:
+                    out += [c.service(k) for k in sorted(c.state.get("services", {}))
+                            if ns is None or k.startswith(ns + "/")]
+                else:
+                    out += [v for k, v in sorted(c.state.get("endpointslices", {}).items())
+                            if ns is None or k.startswith(ns + "/")]
+            else:
+                print(c.get_services(ns) if svc else c.get_endpointslices(ns))
         else:
-            raise LabError(f"cannot get {kind!r} yet: try pods or nodes")
+            raise LabError(f"cannot get {kind!r} yet: try pods, nodes, svc or endpointslices")
     if args.output == "json":
         print(json.dumps(out, indent=2, default=list))
+    elif args.output == "yaml":
+        import yaml
+        print(yaml.safe_dump_all(out, sort_keys=False), end="")
     return 0
 
 
@@ -150,12 +174,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     c = _attach(args)
-    dst, port = args.to, None
-    if ":" in dst:
-        dst, p = dst.rsplit(":", 1)
-        if not p.isdigit():
-            raise LabError(f"port {p!r} in {args.to!r} is not a number")
-        port = int(p)
+    dst, port = _split_port(args.to)
     r = c.probe(args.source, dst, port, protocol=args.protocol, path=args.path,
                 timeout=args.timeout)
     print(json.dumps(r.to_dict()) if args.output == "json" else r)
@@ -255,6 +274,39 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_port(to: str) -> tuple[str, int | None]:
+    if ":" not in to:
+        return to, None
+    dst, p = to.rsplit(":", 1)
+    if not p.isdigit():
+        raise LabError(f"port {p!r} in {to!r} is not a number")
+    return dst, int(p)
+
+
+def cmd_conntrack(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    flows = c.conntrack(args.node, src=args.src, dst=args.dst, port=args.port,
+                        protocol=args.protocol, nat_only=not args.all)
+    if args.output == "json":
+        print(json.dumps([f.__dict__ | {"dnat": f.dnat, "snat": f.snat} for f in flows],
+                         indent=1))
+    else:
+        print(flows)
+    return 0
+
+
+def cmd_walk(args: argparse.Namespace) -> int:
+    from lab_kit import svcdebug
+    c = _attach(args)
+    dst, port = _split_port(args.to)
+    if port is None:
+        raise LabError(f"give the port: `lab-kit walk {args.source} {args.to}:PORT`")
+    walk, result = svcdebug.packet_walk(c, args.source, dst, port, args.protocol)
+    _say(str(result))
+    print(walk)
+    return 0 if walk else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from lab_kit.labs import get_lab
     try:
@@ -295,10 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("-n", "--namespace")
     p = add("get", cmd_get, "list pods or nodes (like kubectl get -o wide)")
-    p.add_argument("kind", help="pods, nodes, or pods,nodes")
+    p.add_argument("kind", help="pods, nodes, svc, endpointslices, or several: svc,endpointslices")
+    p.add_argument("names", nargs="*", help="only these objects (Services)")
     p.add_argument("-n", "--namespace")
     p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-o", "--output", choices=["wide", "json"], default="wide")
+    p.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="wide")
     p = add("exec", cmd_exec, "run a command in a pod's, a node's or the external host's netns")
     p.add_argument("target", help="pod (name or ns/name), node name, or `external`")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS…]")
@@ -323,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("birdc", cmd_birdc, "ask a node's BIRD daemon (bgp backend), e.g. show route")
     p.add_argument("node")
     p.add_argument("command", nargs="*", help="birdc command; default: show protocols")
+    p = add("conntrack", cmd_conntrack, "conntrack entries with their NAT mapping (DNAT to "
+            "the endpoint, SNAT of the client)")
+    p.add_argument("node", nargs="?", help="one node (default: every node)")
+    p.add_argument("--src", help="original source: pod, node, `external` or IP")
+    p.add_argument("--dst", help="original destination: a ClusterIP, node IP, LB IP, pod…")
+    p.add_argument("--port", type=int, help="original destination port")
+    p.add_argument("--protocol", choices=["TCP", "UDP", "tcp", "udp"])
+    p.add_argument("--all", action="store_true", help="also flows without NAT")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p = add("walk", cmd_walk, "send one connection and list the chains and rules its first "
+            "packet passes on each node (nftrace), with live counters")
+    p.add_argument("source", help="pod, node or `external`")
+    p.add_argument("to", help="DST:PORT, e.g. 10.96.12.34:80 or a node IP and NodePort")
+    p.add_argument("--protocol", default="TCP", choices=["TCP", "UDP", "tcp", "udp"])
     p = add("capture", cmd_capture, "tcpdump in a node, pod or `external`, decoded layer by "
             "layer (VXLAN included)")
     p.add_argument("where", help="node, pod or `external`")

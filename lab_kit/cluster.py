@@ -124,6 +124,11 @@ class Table(list):
                        for r in self)
         return f"<table><tr>{head}</tr>{body}</table>"
 
+    def only(self, names: list[str]) -> Table:
+        """The rows whose NAME column is one of `names`."""
+        col = self.headers.index("NAME")
+        return Table(self.headers, [r for r in self if r[col] in names])
+
 
 class Shell:
     """A node, the external host or a pod: somewhere to run commands."""
@@ -583,6 +588,43 @@ class Cluster:
                      [[n.name, "Ready", n.role, n.ip, n.pod_cidr, n.netns]
                       for n in self.nodes()])
 
+    def get_services(self, namespace: str | None = "default") -> Table:
+        """`kubectl get svc` (namespace None: every namespace)."""
+        rows = [services.service_row(v) for k, v in sorted(self.state["services"].items())
+                if namespace is None or k.split("/", 1)[0] == namespace]
+        if namespace is None:
+            keys = [k.split("/", 1)[0] for k in sorted(self.state["services"])]
+            rows = [[ns, *r] for ns, r in zip(keys, rows, strict=True)]
+        return Table((["NAMESPACE"] if namespace is None else [])
+                     + ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"], rows)
+
+    def get_endpointslices(self, namespace: str | None = "default") -> Table:
+        """`kubectl get endpointslices`."""
+        items = sorted(self.state.get("endpointslices", {}).items())
+        rows = [([k.split("/", 1)[0]] if namespace is None else []) + services.slice_row(v)
+                for k, v in items if namespace is None or k.split("/", 1)[0] == namespace]
+        return Table((["NAMESPACE"] if namespace is None else [])
+                     + ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"], rows)
+
+    def service(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        """A Service as `kubectl get svc NAME -o yaml` shows it (`name` or `ns/name`)."""
+        if "/" in name and namespace is None:
+            namespace, name = name.split("/", 1)
+        key = f"{namespace or 'default'}/{name}"
+        stored = self.state.get("services", {}).get(key)
+        if stored is None:
+            have = ", ".join(sorted(self.state.get("services", {}))) or "none"
+            raise LabError(f"no Service `{key}`; Services: {have}")
+        return services.service_object(stored)
+
+    def endpointslices(self, service: str, namespace: str | None = None
+                       ) -> list[dict[str, Any]]:
+        """The EndpointSlices of one Service (label kubernetes.io/service-name)."""
+        if "/" in service and namespace is None:
+            namespace, service = service.split("/", 1)
+        return services.slices_of(self.state.get("endpointslices", {}),
+                                  namespace or "default", service)
+
     def _pod_infos(self) -> list[PodInfo]:
         return [_pod_info(p) for _key, p in sorted(self.state["pods"].items())]
 
@@ -927,6 +969,24 @@ class Cluster:
         return capture.capture(self, where, interface=interface, filter=filter, count=count,
                                seconds=seconds, during=during, settle=settle, snaplen=snaplen,
                                source=source)
+
+    def conntrack(self, node: str | None = None, *, src: str | None = None,
+                  dst: str | None = None, port: int | None = None,
+                  protocol: str | None = None, nat_only: bool = True):  # -> FlowTable
+        """Conntrack entries with their NAT mapping (one node, or every node):
+
+            c.conntrack(dst=c.service("web")["spec"]["clusterIP"])
+        """
+        from lab_kit import svcdebug
+        return svcdebug.conntrack(self, node, src=src, dst=dst, port=port, protocol=protocol,
+                                  nat_only=nat_only)
+
+    def packet_walk(self, src: str, dst: str, port: int, protocol: str = "TCP"):  # -> Walk
+        """Send one new connection and list the chains and rules its first packet passed on
+        each node (the kernel's nftrace), with each rule's live counter."""
+        from lab_kit import svcdebug
+        walk, _result = svcdebug.packet_walk(self, src, dst, port, protocol)
+        return walk
 
     def diagram(self, show_routes: bool = True):  # -> graphviz.Digraph
         from lab_kit import observe, viz

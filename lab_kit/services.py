@@ -302,3 +302,72 @@ def lb_routes(conf: ClusterConfig, ports: list[kubeproxy.ServicePort]) -> dict[s
                 hops = {n.ip for n in conf.nodes} if any(e.ready for e in sp.endpoints) else set()
             out.setdefault(ip, set()).update(hops)
     return {ip: sorted(h, key=ipaddress.IPv4Address) for ip, h in out.items()}
+
+
+# --- kubectl-style views -------------------------------------------------------------------
+
+def service_object(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored Service as `kubectl get svc NAME -o yaml` shows it (spec with the allocated
+    clusterIP and nodePorts, status with the load balancer's ingress IP)."""
+    s = stored["spec"]
+    spec: dict[str, Any] = {"type": s["type"]}
+    if s.get("selector") is not None:
+        spec["selector"] = s["selector"]
+    if s["type"] == "ExternalName":
+        spec["externalName"] = s["externalName"]
+    else:
+        spec["clusterIP"] = s["clusterIP"]
+        spec["clusterIPs"] = [s["clusterIP"]]
+        spec["ipFamilies"] = ["IPv4"]
+        spec["ipFamilyPolicy"] = "SingleStack"
+        spec["sessionAffinity"] = s["sessionAffinity"]
+        if s["sessionAffinity"] == "ClientIP":
+            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds":
+                                                          s["affinitySeconds"]}}
+        spec["internalTrafficPolicy"] = s["internalTrafficPolicy"]
+        if s.get("externalTrafficPolicy"):
+            spec["externalTrafficPolicy"] = s["externalTrafficPolicy"]
+    ports = []
+    for p in s["ports"]:
+        d: dict[str, Any] = {"port": p["port"], "protocol": p["protocol"],
+                             "targetPort": p["targetPort"] if p["targetPort"] is not None
+                             else p["port"]}
+        if p["name"]:
+            d["name"] = p["name"]
+        if p.get("nodePort"):
+            d["nodePort"] = p["nodePort"]
+        ports.append(d)
+    if ports:
+        spec["ports"] = ports
+    status: dict[str, Any] = {"loadBalancer": {}}
+    if s.get("lbIP"):
+        status["loadBalancer"] = {"ingress": [{"ip": s["lbIP"], "ipMode": "VIP"}]}
+    meta: dict[str, Any] = {"name": s["name"], "namespace": s["namespace"]}
+    if s.get("labels"):
+        meta["labels"] = s["labels"]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec,
+            "status": status}
+
+
+def service_row(stored: dict[str, Any]) -> list[str]:
+    """NAME, TYPE, CLUSTER-IP, EXTERNAL-IP, PORT(S) as kubectl prints them."""
+    s = stored["spec"]
+    if s["type"] == "ExternalName":
+        ext = s["externalName"]
+    elif s["type"] == "LoadBalancer":
+        ext = s.get("lbIP") or "<pending>"
+    else:
+        ext = "<none>"
+    ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "")
+                     + f"/{p['protocol']}" for p in s["ports"]) or "<none>"
+    return [s["name"], s["type"], s.get("clusterIP") or "<none>", ext, ports]
+
+
+def slice_row(sl: dict[str, Any]) -> list[str]:
+    """NAME, ADDRESSTYPE, PORTS, ENDPOINTS as kubectl prints them (3 addresses, then a count)."""
+    ports = ",".join(str(p["port"]) for p in sl["ports"] if p.get("port")) or "<unset>"
+    addrs = [a for e in sl["endpoints"] for a in e["addresses"]]
+    shown = ",".join(addrs[:3]) or "<unset>"
+    if len(addrs) > 3:
+        shown += f" + {len(addrs) - 3} more..."
+    return [sl["metadata"]["name"], sl["addressType"], ports, shown]
