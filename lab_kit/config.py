@@ -29,7 +29,7 @@ BGP_PEERINGS = ("node-mesh", "route-reflector")
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
 UNDERLAY_MTU = 1500
 VXLAN_MTU = UNDERLAY_MTU - VXLAN_OVERHEAD  # flannel.1's, as Flannel derives it from eth0
-PROXY_MODES = ("iptables",)
+PROXY_MODES = ("iptables", "nftables")
 ROLES = ("control-plane", "worker")
 
 # kind fields lab_kit accepts and ignores (they configure container images, kubeadm, mounts…)

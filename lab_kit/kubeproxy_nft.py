@@ -232,9 +232,9 @@ def _plan_service(plan: _Plan, inp: ProxyInput, sp: ServicePort) -> None:
     has_external = has_endpoints and (not ext_local or bool(local_eps))
     uses_external_chain = has_endpoints and sp.external
 
-    # "No endpoints" verdicts: reject if there are none anywhere, drop if only none here.
-    internal_verdict = f"goto {REJECT_CHAIN}" if not has_endpoints else "drop"
-    external_verdict = internal_verdict
+    # Where there are no usable endpoints: reject if there are none anywhere (the client gets
+    # "connection refused" at once), drop if there are some, just none on this node.
+    no_endpoint_verdict = f"goto {REJECT_CHAIN}" if not has_endpoints else "drop"
 
     # Chains first (so every rule below lands in the order its chain is created).
     if cluster_eps:
@@ -285,19 +285,19 @@ def _plan_service(plan: _Plan, inp: ProxyInput, sp: ServicePort) -> None:
         plan.element("service-ips", f"{sp.cluster_ip} . {key} : goto {internal_chain}")
     else:
         plan.element("no-endpoint-services",
-                     f'{sp.cluster_ip} . {key} comment "{spn}" : {internal_verdict}')
+                     f'{sp.cluster_ip} . {key} comment "{spn}" : {no_endpoint_verdict}')
     for lb_ip in sp.lb_ips:
         if has_endpoints:
             plan.element("service-ips", f"{lb_ip} . {key} : goto {external}")
         if not has_external:
             plan.element("no-endpoint-services",
-                         f'{lb_ip} . {key} comment "{spn}" : {external_verdict}')
+                         f'{lb_ip} . {key} comment "{spn}" : {no_endpoint_verdict}')
     if sp.node_port is not None:
         if has_endpoints:
             plan.element("service-nodeports", f"{proto} . {sp.node_port} : goto {external}")
         if not has_external:
             plan.element("no-endpoint-nodeports",
-                         f'{proto} . {sp.node_port} comment "{spn}" : {external_verdict}')
+                         f'{proto} . {sp.node_port} comment "{spn}" : {no_endpoint_verdict}')
 
 
 def _sorted_services(inp: ProxyInput) -> list[ServicePort]:
