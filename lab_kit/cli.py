@@ -101,8 +101,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
         for n in args.names:
             for line in c.delete(pod=n, namespace=args.namespace or "default"):
                 print(line)
+    elif args.kind in ("svc", "service", "services") and args.names:
+        ns = args.namespace or "default"
+        for line in c.delete([{"apiVersion": "v1", "kind": "Service",
+                               "metadata": {"name": n, "namespace": ns},
+                               "spec": {"ports": [{"port": 1}]}} for n in args.names],
+                             progress=_say):
+            print(line)
     else:
-        raise LabError("say what to delete: `delete -f FILE` or `delete pod NAME`")
+        raise LabError("say what to delete: `delete -f FILE`, `delete pod NAME` or "
+                       "`delete svc NAME`")
     return 0
 
 
@@ -343,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", action="append", required=True, help="manifest file")
     p = add("delete", cmd_delete, "delete objects from manifests, or a pod by name")
     p.add_argument("-f", "--file", action="append")
-    p.add_argument("kind", nargs="?", help="pod")
+    p.add_argument("kind", nargs="?", help="pod or svc")
     p.add_argument("names", nargs="*")
     p.add_argument("-n", "--namespace")
     p = add("get", cmd_get, "list pods or nodes (like kubectl get -o wide)")

@@ -26,6 +26,9 @@ LABS: dict[str, str] = {
     "04-vxlan-overlay": "lab_kit.labs.vxlan",
     "05-bgp-like-calico": "lab_kit.labs.bgp",
     "06-write-a-cni-plugin": "lab_kit.labs.cni_plugin",
+    "07-clusterip-kube-proxy": "lab_kit.labs.clusterip",
+    "08-nodeport-loadbalancer": "lab_kit.labs.external_traffic",
+    "09-iptables-vs-nftables": "lab_kit.labs.proxy_scale",
 }
 
 

@@ -141,7 +141,10 @@ def _explain(results: Results) -> str:
 # injected by the notebook) have a test file of their own, test_lab_<name>.py
 OWN_TESTS = {"03-routing-between-nodes": "test_lab_host_gw.py",
              "04-vxlan-overlay": "test_lab_vxlan.py",
-             "05-bgp-like-calico": "test_lab_bgp.py"}
+             "05-bgp-like-calico": "test_lab_bgp.py",
+             "07-clusterip-kube-proxy": "test_lab_clusterip.py",
+             "08-nodeport-loadbalancer": "test_lab_external_traffic.py",
+             "09-iptables-vs-nftables": "test_lab_proxy_scale.py"}
 
 
 def test_every_lab_has_check_tests() -> None:

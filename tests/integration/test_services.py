@@ -325,6 +325,12 @@ def test_cli_get_services_and_slices(cluster, objs):
     assert svc_line.split()[1:5] == ["NodePort", vip(cluster, "cli"), "<none>",
                                      f"80:{port}/TCP"]
     assert any(ln.startswith("cli-") and cluster.pod("cli").ip in ln for ln in out.splitlines())
+    out = subprocess.run([sys.executable, "-m", "lab_kit.cli", "delete", "svc", "cli",
+                          "--name", cluster.name], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert out.strip() == 'service "cli" deleted'
+    assert "default/cli" not in cluster.state["services"]
+    assert "default/cli:" not in rules(cluster, workers(cluster)[0])
 
 
 def test_rules_are_reconciled_not_appended(cluster, objs):
