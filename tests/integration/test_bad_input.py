@@ -39,16 +39,20 @@ def pod(name: str, node: str | None = None, port: int = 8080, ns: str | None = N
 
 
 def snapshot(c: Cluster) -> dict[str, Any]:
-    """What a bad apply must not change: netns, stored state, journal, every node's links."""
-    links = {}
+    """What a bad apply must not change: netns, stored state, journal, every node's links
+    and kube-proxy rules."""
+    links, rules = {}, {}
     for n in c.nodes():
         out = subprocess.run(["ip", "-n", n.netns, "-j", "link"], capture_output=True,
                              text=True, check=True).stdout
         links[n.name] = json.loads(out)
+        saved = subprocess.run(["ip", "netns", "exec", n.netns, "iptables-save"],
+                               capture_output=True, text=True, check=True).stdout
+        rules[n.name] = [ln for ln in saved.splitlines() if not ln.startswith("#")]  # no dates
     return {"netns": sorted(n for n in kernel.list_netns() if naming.owns_netns(c.name, n)),
             "state": c.store.state_file.read_text(),
             "journal": c.store.journal_file.read_text(),
-            "links": links}
+            "links": links, "rules": rules}
 
 
 @pytest.fixture
@@ -95,10 +99,19 @@ CASES: list[tuple[str, Callable[[Cluster], Any], str | Callable[[Cluster], str],
      "", None, "line 5"),
     ("schema", schema_failure, "Deployment/web2",
      "spec.template.spec.containers[0].ports[0].containerPort", "schema"),
-    ("unsupported-kind", lambda c: [{"apiVersion": "v1", "kind": "Service",
-                                     "metadata": {"name": "s"},
-                                     "spec": {"ports": [{"port": 80}]}}],
-     "Service/s", "kind", "not supported"),
+    ("unsupported-kind", lambda c: [{"apiVersion": "networking.k8s.io/v1",
+                                     "kind": "NetworkPolicy", "metadata": {"name": "s"},
+                                     "spec": {"podSelector": {}}}],
+     "NetworkPolicy/s", "kind", "not supported"),
+    ("service-port-out-of-range", lambda c: [pod("fine"), {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+        "spec": {"selector": {"app": "x"}, "ports": [{"port": 80, "targetPort": 70000}]}}],
+     "Service/s", "spec.ports[0].targetPort", "1-65535"),
+    ("service-duplicate-nodeport-in-one-apply", lambda c: [pod("fine"), *[{
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": n},
+        "spec": {"type": "NodePort", "selector": {"app": "x"},
+                 "ports": [{"port": 80, "nodePort": 30099}]}} for n in ("s1", "s2")]],
+     "Service/default/s2", "spec.ports[0].nodePort", "already allocated"),
     ("duplicate-in-one-file", lambda c: [pod("twin"), pod("other"), pod("twin", port=9)],
      "Pod/default/twin", "metadata.name", "twice"),
     ("name-of-a-deployment-pod", lambda c: [pod("fresh"), pod(deployment_pod_name())],

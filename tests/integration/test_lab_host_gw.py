@@ -98,10 +98,16 @@ def test_wrong_next_hops_are_named(lab):
     w2_cidr, fix = lab.W2_CIDR, f"ip route replace {lab.W2_CIDR} via {lab.W2_IP} dev eth0"
     lab.solve("route-back")
     cp_ip = next(n.ip for n in lab.c.nodes() if n.name == "hostgw-control-plane")
-    # via the control plane: it works (a detour), but it is not host-gw
+    # via the control plane: a detour, and not host-gw. The control plane forwards the SYN,
+    # but the SYN-ACK comes straight back from hostgw-worker2: the control plane's conntrack
+    # sees the handshake's ACK without the SYN-ACK, calls it INVALID, and kube-proxy's
+    # KUBE-FORWARD drops it (as on a real kube-proxy node), so the connection never completes
     lab.w1.sh(f"ip route add {w2_cidr} via {cp_ip} dev eth0")
     _wait_reachable(lab.w1, cp_ip)
-    assert lab.c.probe("pod-a", "pod-b").ok
+    assert not lab.c.probe("pod-a", "pod-b", timeout=0.5).ok
+    dropped = lab.c.node("hostgw-control-plane").sh("iptables -L KUBE-FORWARD -v -x -n")
+    invalid = next(ln for ln in dropped.splitlines() if "INVALID" in ln)
+    assert int(invalid.split()[0]) > 0, dropped
     for name in ("route-there", "routes"):
         r = lab.one(name)
         assert "hostgw-control-plane" in r.message and "detour" in r.message, r.summary()
