@@ -1328,7 +1328,9 @@ def _tune_underlay_arp(runner: Runner, netns: str) -> None:
 # --- probing ---------------------------------------------------------------------------------
 
 def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, port: int,
-                 protocol: str, path: str, timeout: float) -> ProbeResult:
+                 protocol: str, path: str, timeout: float, sport: int = 0) -> ProbeResult:
+    """One real connection (TCP: an HTTP GET; UDP: agnhost's `hostname`), from source port
+    `sport` when given (0: the kernel picks one)."""
     t0 = time.perf_counter()
     base = {"src": src_label, "dst": dst_label, "ip": ip, "port": port, "protocol": protocol}
     try:
@@ -1336,6 +1338,8 @@ def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, po
             s = kernel.socket_in(src_ns, socket.AF_INET, socket.SOCK_DGRAM)
             with s:
                 s.settimeout(timeout)
+                if sport:
+                    s.bind(("0.0.0.0", sport))
                 s.connect((ip, port))
                 s.send(b"hostname")
                 reply = s.recv(65535).decode(errors="replace")
@@ -1343,6 +1347,9 @@ def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, po
             s = kernel.socket_in(src_ns, socket.AF_INET, socket.SOCK_STREAM)
             with s:
                 s.settimeout(timeout)
+                if sport:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("0.0.0.0", sport))
                 s.connect((ip, port))
                 s.sendall(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
                 data = b""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import random
 import re
 import subprocess
 import time
@@ -246,11 +247,16 @@ def packet_walk(cluster: Cluster, src: str, dst: str, port: int, protocol: str =
     protocol = protocol.upper()
     if protocol not in ("TCP", "UDP"):
         raise LabError(f"protocol {protocol!r}: use TCP or UDP")
-    src_ip = cluster.endpoint(src)[2]
+    src_label, src_ns, src_ip = cluster.endpoint(src)
     dst_ip = _ip_of(cluster, dst)
+    assert dst_ip is not None
     proto = protocol.lower()
+    # the packet is known by its source address and a source port picked for this walk: both
+    # survive the DNAT, so the node that receives it after the first node's DNAT traces it too
+    # (a masqueraded packet gets a new source, and is traced only up to the masquerade)
+    sport = random.randint(20000, 29999)
     first = "tcp flags & (syn | ack) == syn " if proto == "tcp" else ""
-    match = f"ip saddr {src_ip} ip daddr {dst_ip} {proto} dport {port} {first}"
+    match = f"ip saddr {src_ip} {proto} sport {sport} {first}"
     script = (f"table ip {TRACE_TABLE} {{\n"
               f"  chain pre {{ type filter hook prerouting priority -350; "
               f"{match}meta nftrace set 1; }}\n"
@@ -268,7 +274,9 @@ def packet_walk(cluster: Cluster, src: str, dst: str, port: int, protocol: str =
                 kernel.in_netns_argv(["nft", "monitor", "trace"], ns),
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)))
         time.sleep(settle)  # the monitors subscribe to the kernel's trace events
-        result = cluster.probe(src, dst_ip, port, protocol=protocol)
+        from lab_kit.cluster import probe_socket
+        result = probe_socket(src_label, src_ns, dst, dst_ip, port, protocol, "/hostname", 1.0,
+                              sport=sport)
         time.sleep(settle)
     finally:
         outputs = {}
@@ -284,8 +292,10 @@ def packet_walk(cluster: Cluster, src: str, dst: str, port: int, protocol: str =
                 runner.run(["nft", "delete", "table", "ip", TRACE_TABLE], ns, check=False,
                            source="packet walk")
     walk = Walk()
-    for name, ns in nodes:
-        steps = parse_trace(outputs.get(name, ""), name)
+    traced = [(name, ns, parse_trace(outputs.get(name, ""), name)) for name, ns in nodes]
+    # the node where kube-proxy's DNAT happened saw the packet first; then the others
+    traced.sort(key=lambda t: not any("dnat" in s.rule for s in t[2]))
+    for _name, ns, steps in traced:
         if not steps:
             continue
         listing = runner.run(["nft", "list", "ruleset"], ns, record=False).stdout
