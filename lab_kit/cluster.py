@@ -698,10 +698,23 @@ class Cluster:
         for key, labels in plan.relabel.items():
             state["pods"][key]["spec"]["labels"] = labels
         sync = had_services or bool(state["services"])
+
+        def restore_objects() -> None:  # the objects of a failed apply are not recorded
+            state.update(backup)
+            for key, labels in backup_labels.items():
+                if key in state["pods"]:
+                    state["pods"][key]["spec"]["labels"] = labels
+
         if sync and plan.delete_pods:
             # endpoints of pods about to go are removed from every node's rules first, so no
             # new connection is sent to a pod that is being deleted
-            self._sync_services(state, exclude=plan.delete_pods)
+            try:
+                self._sync_services(state, exclude=plan.delete_pods)
+            except BaseException:
+                restore_objects()
+                with contextlib.suppress(LabError, OSError):
+                    self._sync_services(state)
+                raise
         # deletions first: they free IPs and ports
         by_node: dict[str, list[str]] = {}
         for key in plan.delete_pods:
@@ -738,15 +751,11 @@ class Cluster:
                 if plan.services or plan.delete_services:
                     say("kube-proxy: syncing Service rules on every node")
                 self._sync_services(state)
-                self.store.save(state)
         except BaseException:
             # roll back this apply's pods so nothing is half-built
             for key in made:
                 state["pods"].pop(key, None)
-            state.update(backup)  # the objects of a failed apply are not recorded either
-            for key, labels in backup_labels.items():
-                if key in state["pods"]:
-                    state["pods"][key]["spec"]["labels"] = labels
+            restore_objects()
             _parallel(creates.keys(), lambda node: self._remove_pods(
                 node, [p for p in made.values() if p["node"] == node], best_effort=True))
             for node in creates:
