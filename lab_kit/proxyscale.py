@@ -636,10 +636,9 @@ def full_sync(cluster: Cluster) -> SyncTiming:
     """Time one full sync of the cluster's Services on every node, the code path every `apply`
     runs: the endpoint controller, kube-proxy on every node in parallel (read, render, load in
     one transaction), then the load balancer's routes."""
-    with cluster.store.lock(), timed_runner(cluster) as runner:
-        state = cluster.state
+    with timed_runner(cluster) as runner:
         t0 = time.perf_counter()
-        cluster._sync_services(state)  # noqa: SLF001 - the same code path as every apply
+        cluster.sync_services()
         seconds = time.perf_counter() - t0
     reads, loads = runner.per_node(READ_CMDS), runner.per_node(LOAD_CMDS)
     return SyncTiming(seconds, statistics.fmean(reads) if reads else 0.0,
