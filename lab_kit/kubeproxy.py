@@ -412,14 +412,37 @@ def sync_node(runner: Runner, mode: str, inp: ProxyInput, netns: str, rules_dir:
         path.write_text(text)
         runner.run(["nft", "-f", str(path)], netns, source="kube-proxy", timeout=SYNC_TIMEOUT_S)
     else:
-        saved = runner.run(["iptables-save"], netns, record=False,
-                           timeout=SYNC_TIMEOUT_S).stdout
-        text = render_iptables(inp, parse_iptables_save(saved))
+        text = render_iptables(inp, read_iptables(runner, netns))
         path = rules_dir / f"{inp.node}.iptables"
         path.write_text(text)
         runner.run(["iptables-restore", "--noflush", str(path)], netns, source="kube-proxy",
                    timeout=SYNC_TIMEOUT_S)
     return path
+
+
+def read_iptables(runner: Runner, netns: str) -> IptExisting:
+    """What a sync must know of the node's iptables: its chain names, and which built-in
+    chains already jump to kube-proxy's.
+
+    `iptables-save` would tell both, but prints every rule (0.33 s per node at 1,000 Services).
+    iptables here is iptables-nft, whose tables are the nftables tables `ip nat`, `ip filter`
+    and `ip mangle`: `nft list chains` names every chain without its rules (0.01 s), and
+    `iptables -S <built-in chain>` lists just that chain.
+    """
+    lines: dict[str, list[str]] = {}
+    listed = runner.run(["nft", "-j", "list", "chains", "ip"], netns, check=False,
+                        record=False, timeout=SYNC_TIMEOUT_S)
+    if listed.rc == 0 and listed.stdout.strip():
+        for item in json.loads(listed.stdout).get("nftables", []):
+            ch = item.get("chain")
+            if ch and ch.get("family") == "ip":
+                lines.setdefault(ch["table"], []).append(f":{ch['name']} - [0:0]")
+    for table, chain in sorted({(t, c) for t, c, *_ in IPT_JUMPS}):
+        out = runner.run(["iptables", "-t", table, "-S", chain], netns, check=False,
+                         record=False, timeout=SYNC_TIMEOUT_S)
+        lines.setdefault(table, []).extend(ln for ln in out.stdout.splitlines()
+                                           if ln.startswith("-A "))
+    return parse_iptables_save("\n".join(f"*{t}\n" + "\n".join(ls) for t, ls in lines.items()))
 
 
 def flush_udp_conntrack(runner: Runner, netns: str, stale: list[tuple[ServicePort, Endpoint]]

@@ -12,7 +12,7 @@ replicas), so N Services have 3·N endpoints and need only 3 pods. For each size
 1. grows the cluster to N Services (`apply` of the missing ones, as `kubectl apply` would);
 2. times one **full sync**: the endpoint controller, then kube-proxy on every node in parallel
    (read the current rules, render, load them in one transaction), then the load balancer's
-   routes. This is the code path every `apply` runs (`Cluster._sync_services`);
+   routes. This is the code path every `apply` runs (`Cluster.sync_services`);
 3. counts the rules kube-proxy has on the client's node, from the live kernel
    (`iptables-save`, `nft -j list table ip kube-proxy`);
 4. opens fresh TCP connections from the client pod to the LAST Service's ClusterIP and times
@@ -71,7 +71,7 @@ MODES = ("iptables", "nftables")
 COLOURS = {"iptables": "#cf222e", "nftables": "#0969da"}
 LABELS = {"iptables": "iptables mode", "nftables": "nftables mode"}
 # the executables of a node's sync: reading what is there, loading the new rules
-READ_CMDS = {"iptables-save", "nft-list"}
+READ_CMDS = {"iptables", "iptables-save", "nft-list"}
 LOAD_CMDS = {"iptables-restore", "nft-load"}
 
 
@@ -622,8 +622,8 @@ class SyncTiming:
     """One full kube-proxy sync of every node, timed.
 
     `seconds` is the wall time of the whole sync; `read_s` and `load_s` are the mean per node
-    of reading the current rules (`iptables-save` / `nft -j list table`) and of loading the new
-    ones (`iptables-restore --noflush` / `nft -f`). The nodes sync in parallel; the rest of the
+    of reading what the sync needs to know (chain names and the built-in chains' jumps) and of
+    loading the new ones (`iptables-restore --noflush` / `nft -f`). The nodes sync in parallel; the rest of the
     time is rendering the rules text (Python) and waiting for a CPU.
     """
     seconds: float
