@@ -623,8 +623,8 @@ class SyncTiming:
 
     `seconds` is the wall time of the whole sync; `read_s` and `load_s` are the mean per node
     of reading what the sync needs to know (chain names and the built-in chains' jumps) and of
-    loading the new ones (`iptables-restore --noflush` / `nft -f`). The nodes sync in parallel; the rest of the
-    time is rendering the rules text (Python) and waiting for a CPU.
+    loading the new ones (`iptables-restore --noflush` / `nft -f`). The nodes sync in
+    parallel; the rest of the time is rendering the rules text (Python) and waiting for a CPU.
     """
     seconds: float
     read_s: float
