@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class LabDriver:
 
     lab_id: str
     answer_names: tuple[str, ...] = ()  # the notebook names the checks take as answers
+    aliases: dict[str, str] = {}  # attribute -> notebook name (`lab.w1` for `W1`)
 
     def __init__(self) -> None:
         self.lab: Lab = get_lab(self.lab_id)
@@ -57,6 +58,43 @@ class LabDriver:
 
     def one(self, name: str, **answers: Any) -> CheckResult:
         return self.run(name, **answers)[0]
+
+    def __getattr__(self, name: str) -> Any:
+        """The notebook's names as attributes: `lab.VIP` is the notebook's `VIP`."""
+        try:
+            return self.__dict__["ns"][self.aliases.get(name, name)]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def assert_each_exercise(self, steps: list[tuple[str, list[str]]],
+                             before_each: Callable[[str], None] | None = None) -> None:
+        """The notebook's flow, checked: `steps` (exercise -> the checks it makes pass, in
+        notebook order) name every exercise check and every solution; on the fresh cluster
+        each exercise check fails with a hint and every other check passes; then, exercise by
+        exercise (after `before_each(exercise)`, the notebook's cells in between), its checks
+        fail with a hint before its solution and pass after it; at the end every check passes.
+        """
+        exercise_checks = {n for n, c in self.lab.checks.items() if c.exercise}
+        assert {n for _, names in steps for n in names} == exercise_checks
+        assert [ex for ex, _ in steps] == list(self.solutions)
+        for r in self.run():
+            if r.name in exercise_checks:
+                assert not r.passed, f"{r.name} passes on a fresh cluster: {r.message}"
+                assert r.hint.strip(), f"{r.name} fails without a hint: {r.message}"
+                assert "could not inspect" not in r.message, r.summary()
+            else:
+                assert r.passed, r.summary()
+        for ex, names in steps:
+            if before_each is not None:
+                before_each(ex)
+            before = Results(self.one(n) for n in names)
+            assert not any(r.passed for r in before), f"before {ex}:\n{explain(before)}"
+            assert all(r.hint for r in before), explain(before)
+            self.solve(ex)
+            after = Results(self.one(n) for n in names)
+            assert after.all_passed, f"after the solution of {ex}:\n{explain(after)}"
+        final = self.run()
+        assert final.all_passed, explain(final)
 
 
 @contextmanager

@@ -12,7 +12,6 @@ the same way, and the solution code is exec'd with them. The clusters use the la
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import shutil
@@ -22,18 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_driver import LabDriver, lab_notebooks
 
 from lab_kit import config, kernel, naming
-from lab_kit.checks import Lab, Results
 from lab_kit.cluster import Cluster, sweep
-from lab_kit.labs import LABS, get_lab
+from lab_kit.labs import LABS
 
 pytestmark = pytest.mark.root
 
-_spec = importlib.util.spec_from_file_location(
-    "lab_notebooks", Path(__file__).resolve().parents[1] / "notebooks" / "lab_notebooks.py")
-lab_notebooks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lab_notebooks)  # type: ignore[union-attr]
 
 ANSWERS = ("hello_ip", "b_mac", "web_a_veth")
 
@@ -84,32 +79,20 @@ def notebook_names(lab_id: str, c: Cluster) -> dict[str, Any]:
     return ns
 
 
-class Driver:
+class Driver(LabDriver):
     """One lab's cluster, the notebook's names, and its checks."""
+
+    answer_names = ANSWERS
 
     def __init__(self, lab_id: str) -> None:
         self.lab_id = lab_id
-        self.lab: Lab = get_lab(lab_id)
+        super().__init__()
         before_up(lab_id)
-        self.c = Cluster.up(f"clusters/{self.lab.cluster_name}.yaml", replace=True)
-        self.ns = notebook_names(lab_id, self.c)
-        self.solutions = lab_notebooks.solutions(lab_id)
-
-    def solve(self, *exercises: str) -> None:
-        for ex in exercises:
-            exec(compile(self.solutions[ex], f"<solution {self.lab_id}:{ex}>", "exec"), self.ns)
+        self.ns = notebook_names(lab_id, Cluster.up(f"clusters/{self.lab.cluster_name}.yaml",
+                                                    replace=True))
 
     def sh(self, command: str, node: str = "NODE") -> str:
         return self.ns[node].sh(command)
-
-    def answers(self) -> dict[str, Any]:
-        return {k: self.ns[k] for k in ANSWERS if k in self.ns}
-
-    def run(self, name: str | None = None, **answers: Any) -> Results:
-        return self.lab.run(name, record=False, **{**self.answers(), **answers})
-
-    def one(self, name: str, **answers: Any):
-        return self.run(name, **answers)[0]
 
 
 @pytest.fixture
@@ -133,10 +116,6 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable
     shutil.rmtree(state, ignore_errors=True)
 
 
-def _explain(results: Results) -> str:
-    return "\n".join(r.summary() for r in results)
-
-
 # labs whose exercises need setup beyond this driver (a session broken on purpose, a fault
 # injected by the notebook) have a test file of their own, test_lab_<name>.py
 OWN_TESTS = {"03-routing-between-nodes": "test_lab_host_gw.py",
@@ -155,30 +134,7 @@ def test_every_lab_has_check_tests() -> None:
 
 @pytest.mark.parametrize("lab_id", [lab for lab in LABS if lab in STEPS])
 def test_exercise_checks_fail_before_and_pass_after_the_solution(lab_id, driver):
-    d = driver(lab_id)
-    exercise_checks = {n for n, c in d.lab.checks.items() if c.exercise}
-    assert {n for _, names in STEPS[lab_id] for n in names} == exercise_checks
-    assert [ex for ex, _ in STEPS[lab_id]] == list(d.solutions)
-
-    fresh = d.run()
-    for r in fresh:
-        if r.name in exercise_checks:
-            assert not r.passed, f"{r.name} passes on a fresh cluster: {r.message}"
-            assert r.hint.strip(), f"{r.name} fails without a hint: {r.message}"
-            assert "could not inspect" not in r.message, r.summary()
-        else:
-            assert r.passed, r.summary()
-
-    for ex, names in STEPS[lab_id]:
-        before = Results(d.one(n) for n in names)
-        assert not any(r.passed for r in before), f"before {ex}:\n{_explain(before)}"
-        assert all(r.hint for r in before), _explain(before)
-        d.solve(ex)
-        after = Results(d.one(n) for n in names)
-        assert after.all_passed, f"after the solution of {ex}:\n{_explain(after)}"
-
-    final = d.run()
-    assert final.all_passed, _explain(final)
+    driver(lab_id).assert_each_exercise(STEPS[lab_id])
 
 
 # --- specific hints: break one thing, expect the hint to name it ---------------------------------

@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from lab_driver import LabDriver, explain, lab_state
+from lab_driver import LabDriver, lab_state
 
-from lab_kit.checks import Results
 from lab_kit.cluster import Cluster
 from lab_kit.labs.clusterip import hash16, hold_command
 
@@ -70,12 +69,6 @@ class Lab07(LabDriver):
     def web_ips(self) -> dict[str, str]:
         return {p.name: p.ip for p in self.c.pods() if p.owner == "Deployment/web"}
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["ns"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab07]:
@@ -84,21 +77,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab07]:
 
 
 def test_checks_fail_before_and_pass_after_each_solution(lab):
-    assert {n for _, names in STEPS for n in names} == {
-        n for n, c in lab.lab.checks.items() if c.exercise}
-    assert [ex for ex, _ in STEPS] == list(lab.solutions)
-    fresh = lab.run()
-    for r in fresh:
-        assert not r.passed, r.summary()
-        assert r.hint.strip() and "could not inspect" not in r.message, r.summary()
-    for ex, names in STEPS:
-        before = Results(lab.one(n) for n in names)
-        assert not any(r.passed for r in before), f"before {ex}:\n{explain(before)}"
-        lab.solve(ex)
-        after = Results(lab.one(n) for n in names)
-        assert after.all_passed, f"after {ex}:\n{explain(after)}"
-    final = lab.run()
-    assert final.all_passed, explain(final)
+    lab.assert_each_exercise(STEPS)
 
 
 def test_chain_name_slips_are_named(lab):

@@ -17,7 +17,6 @@ import pytest
 import yaml
 from lab_driver import LabDriver, explain, lab_state
 
-from lab_kit.checks import Results
 from lab_kit.cluster import Cluster
 from lab_kit.errors import ConfigError
 from lab_kit.labs.external_traffic import traffic_map
@@ -61,12 +60,6 @@ class Lab08(LabDriver):
         """The notebook's cell before exercise `loadbalancer` (web-cluster gets .200)."""
         self.c.apply("manifests/nodeport-lb-cluster.yaml")
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["ns"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab08]:
@@ -75,24 +68,10 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab08]:
 
 
 def test_checks_fail_before_and_pass_after_each_solution(lab):
-    assert {n for _, names in STEPS for n in names} == {
-        n for n, c in lab.lab.checks.items() if c.exercise}
-    assert [ex for ex, _ in STEPS] == list(lab.solutions)
-    fresh = lab.run()
-    for r in fresh:
-        assert not r.passed, r.summary()
-        assert r.hint.strip() and "could not inspect" not in r.message, r.summary()
-    for ex, names in STEPS:
-        if ex == "loadbalancer":
+    def notebook_cells_before(exercise: str) -> None:
+        if exercise == "loadbalancer":
             lab.lb_cluster()
-        before = Results(lab.one(n) for n in names)
-        assert not any(r.passed for r in before), f"before {ex}:\n{explain(before)}"
-        assert all(r.hint for r in before), explain(before)
-        lab.solve(ex)
-        after = Results(lab.one(n) for n in names)
-        assert after.all_passed, f"after {ex}:\n{explain(after)}"
-    final = lab.run()
-    assert final.all_passed, explain(final)
+    lab.assert_each_exercise(STEPS, before_each=notebook_cells_before)
     # the picture agrees with the checks: Local, two next hops, the control plane drops
     text = str(traffic_map(lab.c))
     assert "externalTrafficPolicy Local" in text, text

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from lab_driver import LabDriver, explain, lab_state
 
-from lab_kit.checks import Results
 from lab_kit.cluster import Cluster
 
 pytestmark = pytest.mark.root
@@ -29,6 +28,7 @@ class Lab03(LabDriver):
 
     lab_id = LAB_ID
     answer_names = ("next_hop", "wire_src", "wire_dst", "kernel_error", "vxlan_answer")
+    aliases = {"w1": "W1", "w2": "W2", "cp": "CP", "a": "A", "b": "B"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,13 +44,6 @@ class Lab03(LabDriver):
         self.w1.sh(f"ip route del {w2.pod_cidr} via {w2.ip} dev eth0")
         self.w2.sh(f"ip route del {w1.pod_cidr} via {w1.ip} dev eth0")
 
-    def __getattr__(self, name: str) -> Any:
-        key = {"w1": "W1", "w2": "W2", "cp": "CP", "a": "A", "b": "B"}.get(name, name)
-        try:
-            return self.__dict__["ns"][key]
-        except KeyError:
-            raise AttributeError(name) from None
-
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab03]:
@@ -65,20 +58,7 @@ def _wait_reachable(node: Any, ip: str) -> None:
 
 
 def test_checks_fail_before_and_pass_after_each_solution(lab):
-    assert {n for _, names in STEPS for n in names} == {
-        n for n, c in lab.lab.checks.items() if c.exercise}
-    assert [ex for ex, _ in STEPS] == list(lab.solutions)
-    fresh = lab.run()
-    for r in fresh:
-        assert not r.passed, r.summary()
-        assert r.hint.strip() and "could not inspect" not in r.message, r.summary()
-    for ex, names in STEPS:
-        before = Results(lab.one(n) for n in names)
-        assert not any(r.passed for r in before), f"before {ex}:\n{explain(before)}"
-        lab.solve(ex)
-        after = Results(lab.one(n) for n in names)
-        assert after.all_passed, f"after {ex}:\n{explain(after)}"
-    assert lab.run().all_passed, explain(lab.run())
+    lab.assert_each_exercise(STEPS)
 
 
 def test_the_missing_return_route_is_named(lab):

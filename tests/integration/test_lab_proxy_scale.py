@@ -17,7 +17,6 @@ import pytest
 from lab_driver import LabDriver, explain, lab_state
 
 from lab_kit import kernel, proxyscale
-from lab_kit.checks import Results
 from lab_kit.cluster import Cluster, sweep
 from lab_kit.labs.proxy_scale import HAND_IP, NFT_CLUSTER, NFT_CONFIG
 
@@ -48,12 +47,6 @@ class Lab09(LabDriver):
             "NFT": c_nft.node(proxyscale.client_node(c_nft)), "results": results,
             "LAST": last, "LAST_IP": proxyscale.cluster_ip(c, last),
             "LAST_IP_NFT": proxyscale.cluster_ip(c_nft, last)}
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["ns"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 @pytest.fixture
@@ -90,21 +83,8 @@ def test_measurement_reads_the_kernel(lab):
 
 
 def test_checks_fail_before_and_pass_after_each_solution(lab):
-    assert {n for _, names in STEPS for n in names} == {
-        n for n, c in lab.lab.checks.items() if c.exercise}
-    assert [ex for ex, _ in STEPS] == list(lab.solutions)
     assert lab.one("scaled").passed, lab.one("scaled").summary()
-    fresh = lab.run()
-    for r in fresh:
-        if lab.lab.checks[r.name].exercise:
-            assert not r.passed, r.summary()
-            assert r.hint.strip() and "could not inspect" not in r.message, r.summary()
-    for ex, names in STEPS:
-        before = Results(lab.one(n) for n in names)
-        assert not any(r.passed for r in before), f"before {ex}:\n{explain(before)}"
-        lab.solve(ex)
-        after = Results(lab.one(n) for n in names)
-        assert after.all_passed, f"after {ex}:\n{explain(after)}"
+    lab.assert_each_exercise(STEPS)
     assert lab.ns["ipt_rules_per_service"] == 11 and lab.ns["nft_rules_per_service"] == 8
     assert lab.ns["ipt_position"] == 20
     assert lab.run().all_passed, explain(lab.run())
