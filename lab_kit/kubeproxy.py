@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,8 +97,13 @@ def _b32(data: str) -> str:
     return base64.b32encode(hashlib.sha256(data.encode()).digest()).decode()
 
 
+def hash16(text: str) -> str:
+    """The first 16 characters of base32(sha256(text)): kube-proxy's chain-name suffix."""
+    return _b32(text)[:16]
+
+
 def port_proto_hash(sp: ServicePort) -> str:
-    return _b32(sp.spn + sp.proto)[:16]
+    return hash16(sp.spn + sp.proto)
 
 
 def svc_chain(sp: ServicePort) -> str:
@@ -112,7 +119,7 @@ def ext_chain(sp: ServicePort) -> str:
 
 
 def sep_chain(sp: ServicePort, ep: Endpoint) -> str:
-    return "KUBE-SEP-" + _b32(sp.spn + sp.proto + ep.addr)[:16]
+    return "KUBE-SEP-" + hash16(sp.spn + sp.proto + ep.addr)
 
 
 def nft_base(sp: ServicePort) -> str:
@@ -199,23 +206,108 @@ class IptExisting:
     jumps: frozenset[tuple[str, str, str]] = frozenset()
 
 
-def parse_iptables_save(text: str) -> IptExisting:
-    chains: dict[str, set[str]] = {}
-    jumps: set[tuple[str, str, str]] = set()
+@dataclass(frozen=True)
+class IptRule:
+    """One `-A CHAIN …` line of `iptables-save` (with `-c`: its packet and byte counters)."""
+    table: str
+    chain: str
+    args: tuple[str, ...]  # the words after `-A CHAIN`
+    packets: int | None = None
+    bytes: int | None = None
+
+    def opt(self, flag: str) -> str | None:
+        """The value after `flag`, unless the match is negated (`! -s …`)."""
+        for i, w in enumerate(self.args[:-1]):
+            if w == flag and (i == 0 or self.args[i - 1] != "!"):
+                return self.args[i + 1]
+        return None
+
+    def negated(self, flag: str) -> str | None:
+        """The value of a negated match (`! -s 10.244.0.0/16` -> `10.244.0.0/16`)."""
+        for i, w in enumerate(self.args[:-1]):
+            if w == flag and i > 0 and self.args[i - 1] == "!":
+                return self.args[i + 1]
+        return None
+
+    @property
+    def target(self) -> str | None:
+        return self.opt("-j")
+
+    @property
+    def comment(self) -> str:
+        return self.opt("--comment") or ""
+
+    @property
+    def dst(self) -> str | None:
+        d = self.opt("-d")
+        return d[:-3] if d and d.endswith("/32") else d
+
+    @property
+    def src(self) -> str | None:
+        s = self.opt("-s")
+        return s[:-3] if s and s.endswith("/32") else s
+
+    @property
+    def dport(self) -> int | None:
+        p = self.opt("--dport")
+        return int(p) if p and p.isdigit() else None
+
+    @property
+    def probability(self) -> float | None:
+        p = self.opt("--probability")
+        try:
+            return float(p) if p is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def dnat(self) -> str | None:
+        return self.opt("--to-destination")
+
+    @property
+    def text(self) -> str:
+        """The rule as `iptables-save` prints it (without counters)."""
+        return f"-A {self.chain} " + " ".join(f'"{a}"' if " " in a else a for a in self.args)
+
+
+IptTables = dict[str, dict[str, list[IptRule]]]  # table -> chain -> rules, in order
+_COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+(-A .*)$")
+
+
+def parse_iptables_rules(text: str) -> IptTables:
+    """`iptables-save [-c]` text -> {table: {chain: [rules in order]}}, every declared chain
+    included (empty ones too). The one parser of iptables-save text: the sync, the labs'
+    checks and lab 09's counts all read through it."""
+    out: IptTables = {}
     table = ""
-    for line in text.splitlines():
+    for raw in text.splitlines():
+        line = raw.strip()
+        packets = nbytes = None
+        m = _COUNTED.match(line)
+        if m:
+            packets, nbytes, line = int(m.group(1)), int(m.group(2)), m.group(3)
         if line.startswith("*"):
             table = line[1:].strip()
-            chains.setdefault(table, set())
+            out.setdefault(table, {})
         elif line.startswith(":"):
-            chains.setdefault(table, set()).add(line[1:].split()[0])
+            out.setdefault(table, {}).setdefault(line[1:].split()[0], [])
         elif line.startswith("-A "):
-            words = line.split()
-            if "-j" in words:
-                target = words[words.index("-j") + 1]
-                if target.startswith("KUBE-"):
-                    jumps.add((table, words[1], target))
-    return IptExisting({t: frozenset(c) for t, c in chains.items()}, frozenset(jumps))
+            try:
+                words = shlex.split(line)
+            except ValueError:
+                words = line.split()
+            out.setdefault(table, {}).setdefault(words[1], []).append(
+                IptRule(table, words[1], tuple(words[2:]), packets, nbytes))
+    return out
+
+
+def parse_iptables_save(text: str) -> IptExisting:
+    tables = parse_iptables_rules(text)
+    return IptExisting(
+        {t: frozenset(chains) for t, chains in tables.items()},
+        frozenset((t, r.chain, r.target) for t, chains in tables.items()
+                  for rules in chains.values() for r in rules
+                  if r.target and r.target.startswith("KUBE-")))
 
 
 def _q(comment: str) -> str:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import shlex
 import socket
 import statistics
 import struct
@@ -43,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lab_kit import kernel, naming
+from lab_kit import kernel, kubeproxy, naming
 from lab_kit.errors import LabError
 
 if TYPE_CHECKING:
@@ -232,46 +231,27 @@ def _spn_service(spn: str) -> str:
     return spn.split(":", 1)[0] if "/" in spn else ""
 
 
-def _rule_words(line: str) -> list[str]:
-    try:
-        return shlex.split(line)
-    except ValueError:
-        return line.split()
-
-
-def _option(words: list[str], flag: str) -> str:
-    return words[words.index(flag) + 1] if flag in words[:-1] else ""
+def _rules(saved: str) -> list[kubeproxy.IptRule]:
+    return [r for chains in kubeproxy.parse_iptables_rules(saved).values()
+            for rules in chains.values() for r in rules]
 
 
 def kube_services(saved: str) -> list[DispatchRule]:
     """The rules of nat `KUBE-SERVICES` in `iptables-save` output, in the order the kernel
     tries them."""
-    out: list[DispatchRule] = []
-    table = ""
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-        if table != "nat" or not line.startswith("-A KUBE-SERVICES "):
-            continue
-        words = _rule_words(line)
-        comment = _option(words, "--comment")
-        dport = _option(words, "--dport")
-        service = _spn_service(comment.split(" ", 1)[0]) if comment.endswith(" cluster IP") \
-            else ""
-        out.append(DispatchRule(len(out) + 1, service, _option(words, "-d").split("/")[0],
-                                int(dport) if dport.isdigit() else None, _option(words, "-j"),
-                                comment))
-    return out
+    rules = kubeproxy.parse_iptables_rules(saved).get("nat", {}).get("KUBE-SERVICES", [])
+    return [DispatchRule(i, _spn_service(r.comment.split(" ", 1)[0])
+                         if r.comment.endswith(" cluster IP") else "",
+                         (r.opt("-d") or "").split("/")[0], r.dport, r.target or "", r.comment)
+            for i, r in enumerate(rules, 1)]
 
 
 def iptables_rules_by_service(saved: str) -> dict[str, int]:
     """How many rules (`-A` lines, every table) exist for each Service (`namespace/name`):
     kube-proxy's comment on each rule starts with the service port name."""
     out: dict[str, int] = {}
-    for line in saved.splitlines():
-        if not line.startswith("-A "):
-            continue
-        service = _spn_service(_option(_rule_words(line), "--comment").split(" ", 1)[0])
+    for r in _rules(saved):
+        service = _spn_service(r.comment.split(" ", 1)[0])
         if service:
             out[service] = out.get(service, 0) + 1
     return out
@@ -280,12 +260,11 @@ def iptables_rules_by_service(saved: str) -> dict[str, int]:
 def iptables_endpoints_by_service(saved: str) -> dict[str, int]:
     """How many endpoint chains (`KUBE-SEP-…` with a DNAT rule) each Service has."""
     seps: dict[str, set[str]] = {}
-    for line in saved.splitlines():
-        if line.startswith("-A KUBE-SEP-") and " DNAT " in f"{line} ":
-            words = _rule_words(line)
-            service = _spn_service(_option(words, "--comment").split(" ", 1)[0])
+    for r in _rules(saved):
+        if r.chain.startswith("KUBE-SEP-") and r.target == "DNAT":
+            service = _spn_service(r.comment.split(" ", 1)[0])
             if service:
-                seps.setdefault(service, set()).add(words[1])
+                seps.setdefault(service, set()).add(r.chain)
     return {k: len(v) for k, v in seps.items()}
 
 

@@ -29,16 +29,13 @@ kernel.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
-import re
-import shlex
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from lab_kit import kernel, naming
+from lab_kit import kernel, kubeproxy, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.labs import ipv4_of, is_netns, norm_answer
 
@@ -66,105 +63,14 @@ API_MANIFEST = "manifests/clusterip-api.yaml"
 
 # --- reading iptables-save ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Rule:
-    """One `-A CHAIN …` line of `iptables-save` (with `-c`: its packet and byte counters)."""
-    table: str
-    chain: str
-    args: tuple[str, ...]  # the words after `-A CHAIN`
-    packets: int | None = None
-    bytes: int | None = None
-
-    def opt(self, flag: str) -> str | None:
-        """The value after `flag`, unless the match is negated (`! -s …`)."""
-        for i, w in enumerate(self.args[:-1]):
-            if w == flag and (i == 0 or self.args[i - 1] != "!"):
-                return self.args[i + 1]
-        return None
-
-    def negated(self, flag: str) -> str | None:
-        """The value of a negated match (`! -s 10.244.0.0/16` -> `10.244.0.0/16`)."""
-        for i, w in enumerate(self.args[:-1]):
-            if w == flag and i > 0 and self.args[i - 1] == "!":
-                return self.args[i + 1]
-        return None
-
-    @property
-    def target(self) -> str | None:
-        return self.opt("-j")
-
-    @property
-    def comment(self) -> str:
-        return self.opt("--comment") or ""
-
-    @property
-    def dst(self) -> str | None:
-        d = self.opt("-d")
-        return d[:-3] if d and d.endswith("/32") else d
-
-    @property
-    def src(self) -> str | None:
-        s = self.opt("-s")
-        return s[:-3] if s and s.endswith("/32") else s
-
-    @property
-    def dport(self) -> int | None:
-        p = self.opt("--dport")
-        return int(p) if p and p.isdigit() else None
-
-    @property
-    def probability(self) -> float | None:
-        p = self.opt("--probability")
-        try:
-            return float(p) if p is not None else None
-        except ValueError:
-            return None
-
-    @property
-    def dnat(self) -> str | None:
-        return self.opt("--to-destination")
-
-    @property
-    def text(self) -> str:
-        """The rule as `iptables-save` prints it (without counters)."""
-        return f"-A {self.chain} " + " ".join(f'"{a}"' if " " in a else a for a in self.args)
-
-
-Tables = dict[str, dict[str, list[Rule]]]  # table -> chain -> rules, in order
-_COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+(-A .*)$")
-
-
-def parse_iptables_save(text: str) -> Tables:
-    """`iptables-save [-c]` text -> {table: {chain: [rules in order]}} (every declared chain,
-    including empty ones)."""
-    out: Tables = {}
-    table = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        packets = nbytes = None
-        m = _COUNTED.match(line)
-        if m:
-            packets, nbytes, line = int(m.group(1)), int(m.group(2)), m.group(3)
-        if line.startswith("*"):
-            table = line[1:].strip()
-            out.setdefault(table, {})
-        elif line.startswith(":"):
-            out.setdefault(table, {}).setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            try:
-                words = shlex.split(line)
-            except ValueError:
-                words = line.split()
-            chain = words[1]
-            out.setdefault(table, {}).setdefault(chain, []).append(
-                Rule(table, chain, tuple(words[2:]), packets, nbytes))
-    return out
+Rule = kubeproxy.IptRule
+Tables = kubeproxy.IptTables
 
 
 def read_tables(netns: str) -> Tables:
     """A node's nat and filter tables with counters (`iptables-save -c`), from the kernel."""
     r = kernel.Runner().run(["iptables-save", "-c"], netns, check=False, record=False)
-    return parse_iptables_save(r.stdout) if r.rc == 0 else {}
+    return kubeproxy.parse_iptables_rules(r.stdout) if r.rc == 0 else {}
 
 
 @dataclass(frozen=True)
@@ -226,9 +132,7 @@ def service_rules(tables: Tables, node: str, vip: str, port: int) -> ServiceRule
 
 # --- names, exactly as kube-proxy computes them ---------------------------------------------------
 
-def hash16(text: str) -> str:
-    """The first 16 characters of base32(sha256(text)): kube-proxy's chain-name suffix."""
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+hash16 = kubeproxy.hash16
 
 
 def _suffix(answer: str) -> tuple[str, str]:

@@ -32,13 +32,12 @@ from __future__ import annotations
 import html
 import ipaddress
 import re
-import shlex
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lab_kit import kernel, naming
+from lab_kit import kernel, kubeproxy, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.labs import is_netns, norm_answer, underlay_ip
 
@@ -66,38 +65,7 @@ WEB_SPEC = ("a Service `web`: type NodePort, selector {app: web}, ports [{port: 
 
 # --- reading kube-proxy's rules ------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Rule:
-    """One rule as `iptables-save` prints it (`-A CHAIN args…`)."""
-    chain: str
-    args: tuple[str, ...]
-    text: str
-
-    def opt(self, flag: str) -> str | None:
-        for i, word in enumerate(self.args[:-1]):
-            if word == flag:
-                return self.args[i + 1]
-        return None
-
-    @property
-    def comment(self) -> str:
-        return self.opt("--comment") or ""
-
-    @property
-    def target(self) -> str:
-        return self.opt("-j") or ""
-
-    @property
-    def dport(self) -> int | None:
-        d = self.opt("--dport")
-        return int(d) if d and d.isdigit() else None
-
-    @property
-    def dst(self) -> str | None:
-        d = self.opt("-d")
-        return d.split("/")[0] if d else None
-
-
+Rule = kubeproxy.IptRule
 Chains = dict[str, list[Rule]]
 
 
@@ -120,17 +88,7 @@ def route_src(netns: str, ip: str) -> tuple[str | None, str | None]:
 def read_chains(netns: str, table: str) -> Chains:
     """Every rule of one table in `netns`, by chain (`iptables-save -t TABLE`, not journaled)."""
     res = kernel.Runner().run(["iptables-save", "-t", table], netns, check=False, record=False)
-    chains: Chains = {}
-    for line in res.stdout.splitlines():
-        if line.startswith(":"):
-            chains.setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            try:
-                words = shlex.split(line)
-            except ValueError:
-                continue
-            chains.setdefault(words[1], []).append(Rule(words[1], tuple(words[2:]), line))
-    return chains
+    return kubeproxy.parse_iptables_rules(res.stdout).get(table, {})
 
 
 def _names(svc: str, namespace: str = "default") -> re.Pattern[str]:
@@ -188,7 +146,7 @@ class SvcRules:
     @property
     def ext_to_local(self) -> bool:
         """KUBE-EXT ends with the jump to KUBE-SVL (only when there are local endpoints)."""
-        return any(r.target.startswith("KUBE-SVL-") for r in self.ext)
+        return any((r.target or "").startswith("KUBE-SVL-") for r in self.ext)
 
     def drops_port(self, port: int) -> bool:
         return any(r.target == "DROP" and r.dport == port and "LOCAL" in r.args
@@ -206,7 +164,7 @@ def service_rules(node: str, netns: str, nat: Chains, filt: Chains, svc: str) ->
     ext = tuple(nat.get(node_ports[0][1], [])) if node_ports else ()
     if not ext:
         for r in nat.get("KUBE-SERVICES", []):
-            if _about(r, pat) and r.target.startswith("KUBE-EXT-"):
+            if _about(r, pat) and (r.target or "").startswith("KUBE-EXT-"):
                 ext = tuple(nat.get(r.target, []))
                 break
     cluster_target = next((r.target for r in nat.get("KUBE-SERVICES", [])
