@@ -13,7 +13,7 @@ import importlib
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from lab_kit.checks import Context, Lab
+from lab_kit.checks import Context, Lab, Verdict, failed
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster
@@ -154,6 +154,35 @@ def norm_answer(value: Any) -> str:
         return ""
     text = str(value).strip().strip("\"'").strip()
     return "" if text in ("…", "...") else text
+
+
+def whole_number(value: Any, tolerance: float = 0.0) -> int | None:
+    """A learner's answer as a whole number: `3`, `"3"`, `" 4,950 "`, `197.0`, `"1e2"`; a
+    decimal within `tolerance` of a whole number counts as that number; else None."""
+    text = norm_answer(value).replace(",", "").replace("_", "")
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            return None
+        return round(f) if abs(f - round(f)) <= tolerance else None
+
+
+def whole_number_answer(ctx: Context, name: str, hint: str, tolerance: float = 0.0
+                        ) -> int | Verdict:
+    """The notebook's answer `name` as a whole number, or the failed verdict that says it is
+    empty or not a number."""
+    raw = ctx.get(name)
+    if not norm_answer(raw):
+        return failed(f"`{name}` is empty", hint=hint, expected="a whole number",
+                      actual="(nothing)")
+    value = whole_number(raw, tolerance)
+    if value is None:
+        return failed(f"`{name}` = {raw!r} is not a whole number", hint=hint,
+                      expected="a whole number", actual=repr(raw))
+    return value
 
 
 # --- routes and node addresses (labs 03, 04 and 05) ---------------------------------------------

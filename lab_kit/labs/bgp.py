@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 from lab_kit import backends, config, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
-from lab_kit.labs import ipv4_of, is_netns, norm_answer, route_net, route_text
+from lab_kit.labs import (
+    ipv4_of,
+    is_netns,
+    route_net,
+    route_text,
+    whole_number_answer,
+)
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster, Table
@@ -551,18 +557,6 @@ def big_cluster_sessions(nodes: int = BIG, reflectors: int = 0) -> int:
                 for p, _ in backends.bgp_peers(conf, n)})
 
 
-def _as_int(value: Any) -> int | None:
-    text = norm_answer(value).replace(",", "").replace("_", "")
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            f = float(text)
-        except ValueError:
-            return None
-        return int(f) if f.is_integer() else None
-
-
 @LAB.check("sessions", "You counted BGP sessions: this cluster, a 100-node mesh, reflectors")
 def check_sessions(ctx: Context) -> Verdict:
     nodes = _nodes(ctx)  # no cluster at all: Lab.run says so
@@ -586,14 +580,9 @@ def check_sessions(ctx: Context) -> Verdict:
          "reflectors, and the reflectors peer with each other"),
     ]
     for name, truth, n, hint in questions:
-        raw = ctx.get(name)
-        value = _as_int(raw)
-        if not norm_answer(raw):
-            return failed(f"`{name}` is empty", hint=hint, expected="a whole number",
-                          actual="(nothing)")
-        if value is None:
-            return failed(f"`{name}` = {raw!r} is not a whole number", hint=hint,
-                          expected="a whole number", actual=repr(raw))
+        value = whole_number_answer(ctx, name, hint)
+        if isinstance(value, Verdict):
+            return value
         if value == truth:
             continue
         why = ""

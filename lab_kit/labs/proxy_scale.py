@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from lab_kit import naming, proxyscale
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError, NotRunningError
-from lab_kit.labs import norm_answer
+from lab_kit.labs import norm_answer, whole_number, whole_number_answer
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster
@@ -39,6 +39,7 @@ LAB = Lab("09-iptables-vs-nftables", "iptables vs nftables at scale", "scaleipt"
 IPT_CLUSTER = LAB.cluster_name
 NFT_CLUSTER = "scalenft"
 NFT_CONFIG = "clusters/scale-nftables.yaml"
+ANSWER_TOLERANCE = 0.05  # "8.02" counts as 8: a count read off a chart is close enough
 HAND_IP = "10.96.0.99"  # in the Service CIDR's static band: never allocated automatically
 HAND_PORT = proxyscale.SERVICE_PORT
 SETUP_HINT = "run the notebook's setup cells (Cluster.up, proxyscale.prepare) and the measurement"
@@ -111,15 +112,7 @@ def _both(ctx: Context) -> tuple[Side, Side] | Verdict:
 
 
 def _int_answer(value: Any) -> int | None:
-    text = norm_answer(value).replace(",", "").replace("_", "")
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            f = float(text)
-        except ValueError:
-            return None
-        return round(f) if abs(f - round(f)) < 0.05 else None
+    return whole_number(value, ANSWER_TOLERANCE)
 
 
 def _short(service: str) -> str:
@@ -194,14 +187,9 @@ def check_rules_per_service(ctx: Context) -> Verdict:
     for name, truth, shell, hint, other in (
             ("ipt_rules_per_service", truth_i, ipt, grep_i, None),
             ("nft_rules_per_service", truth_n, nft, grep_n, truth_i)):
-        raw = ctx.get(name)
-        value = _int_answer(raw)
-        if not norm_answer(raw):
-            return failed(f"`{name}` is empty", hint=hint, expected="a whole number",
-                          actual="(nothing)")
-        if value is None:
-            return failed(f"`{name}` = {raw!r} is not a whole number", hint=hint,
-                          expected="a whole number", actual=repr(raw))
+        value = whole_number_answer(ctx, name, hint, ANSWER_TOLERANCE)
+        if isinstance(value, Verdict):
+            return value
         if value == truth:
             continue
         n_services = len(shell.services())
@@ -248,14 +236,9 @@ def check_first_packet(ctx: Context) -> Verdict:
     mine = next(r for r in rules if r.service == last)
     look = (f"IPT.sh(\"iptables -t nat -L KUBE-SERVICES -n --line-numbers | grep "
             f"'{_short(last or '')}:'\")")
-    raw = ctx.get("ipt_position")
-    pos = _int_answer(raw)
-    if not norm_answer(raw):
-        return failed("`ipt_position` is empty", hint=look, expected="a whole number",
-                      actual="(nothing)")
-    if pos is None:
-        return failed(f"`ipt_position` = {raw!r} is not a whole number", hint=look,
-                      expected="a whole number", actual=repr(raw))
+    pos = whole_number_answer(ctx, "ipt_position", look, ANSWER_TOLERANCE)
+    if isinstance(pos, Verdict):
+        return pos
     if pos != mine.position:
         if pos == mine.position + 1:
             why = ("one too many: `iptables -S` prints `-N KUBE-SERVICES` first, and that line "

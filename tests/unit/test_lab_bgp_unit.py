@@ -9,7 +9,7 @@ import yaml
 
 from lab_kit import config, model
 from lab_kit.cluster import _next_node
-from lab_kit.labs import bgp
+from lab_kit.labs import bgp, whole_number
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
@@ -66,7 +66,7 @@ def test_big_cluster_sessions() -> None:
                                             ("1e2", 100), (2.5, None), ("three", None),
                                             (None, None)])
 def test_answers_as_whole_numbers(raw, value) -> None:
-    assert bgp._as_int(raw) == value
+    assert whole_number(raw) == value
 
 
 def test_the_lab_knows_its_cluster_file() -> None:
