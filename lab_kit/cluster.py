@@ -747,7 +747,10 @@ class Cluster:
             _warn_neighbour_limit(len(state["pods"]))
             for node in {p["node"] for p in state["pods"].values()} | set(creates):
                 self._sync_agnhost(node)  # also restarts a server that died since last time
-            if sync:
+            # a plan that only deleted pods was synced in full before the deletions
+            deletions_only = not (creates or plan.services or plan.delete_services
+                                  or plan.relabel)
+            if sync and not (plan.delete_pods and deletions_only):
                 if plan.services or plan.delete_services:
                     say("kube-proxy: syncing Service rules on every node")
                 self._sync_services(state)
