@@ -436,20 +436,15 @@ def _service_rules(inp: ProxyInput, sp: ServicePort, filt: list[str], nat: list[
                 nat.append(f"-A {ext} -j {external_chain}")
 
     # -- nat: the service chains and one chain per endpoint
-    if internal_eps:
-        # off-cluster sources reaching the ClusterIP (a node, say) are masqueraded
-        rule = (f"-A {internal_chain} -m comment --comment {_q(spn + ' cluster IP')} "
-                f"{_match(sp, sp.cluster_ip)} ! -s {inp.cluster_cidr} -j KUBE-MARK-MASQ")
-        pending_masq: str | None = rule
-    else:
-        pending_masq = None
     for chain, eps, used in ((cluster_chain, ready, uses_cluster),
                              (local_chain, local, uses_local)):
         if not used:
             continue
         nat_chains.append(chain)
-        if chain == internal_chain and pending_masq:
-            nat.append(pending_masq)
+        if chain == internal_chain and internal_eps:
+            # off-cluster sources reaching the ClusterIP (a node, say) are masqueraded
+            nat.append(f"-A {chain} -m comment --comment {_q(spn + ' cluster IP')} "
+                       f"{_match(sp, sp.cluster_ip)} ! -s {inp.cluster_cidr} -j KUBE-MARK-MASQ")
         _endpoint_jumps(sp, chain, eps, nat)
     for ep in ready if uses_cluster else local:
         sep = sep_chain(sp, ep)
