@@ -121,12 +121,12 @@ def cmd_get(args: argparse.Namespace) -> int:
         if kind in ("pods", "pod", "po"):
             ns = None if args.all_namespaces else (args.namespace or "default")
             table = c.get_pods(ns)
-            if args.output == "json":
+            if args.output in ("json", "yaml"):
                 out += [p.__dict__ for p in table.pods]
             else:
                 print(table)
         elif kind in ("nodes", "node", "no"):
-            if args.output == "json":
+            if args.output in ("json", "yaml"):
                 out += [n.__dict__ for n in c.nodes()]
             else:
                 print(c.get_nodes())
@@ -154,7 +154,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=list))
     elif args.output == "yaml":
         import yaml
-        print(yaml.safe_dump_all(out, sort_keys=False), end="")
+        # through JSON: PodInfo's tuples become lists, which safe_dump can write
+        print(yaml.safe_dump_all(json.loads(json.dumps(out, default=list)), sort_keys=False),
+              end="")
     return 0
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from lab_kit import config, kubeproxy, naming
 from lab_kit.cluster import Cluster
@@ -325,6 +326,11 @@ def test_cli_get_services_and_slices(cluster, objs):
     assert svc_line.split()[1:5] == ["NodePort", vip(cluster, "cli"), "<none>",
                                      f"80:{port}/TCP"]
     assert any(ln.startswith("cli-") and cluster.pod("cli").ip in ln for ln in out.splitlines())
+    pods = subprocess.run([sys.executable, "-m", "lab_kit.cli", "get", "pods", "-o", "yaml",
+                           "--name", cluster.name], capture_output=True, text=True, env=env,
+                          check=True).stdout
+    assert {"name": "cli", "ip": cluster.pod("cli").ip}.items() <= next(
+        p for p in yaml.safe_load_all(pods) if p["name"] == "cli").items()
     out = subprocess.run([sys.executable, "-m", "lab_kit.cli", "delete", "svc", "cli",
                           "--name", cluster.name], capture_output=True, text=True, env=env,
                          check=True).stdout
