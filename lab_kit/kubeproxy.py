@@ -19,6 +19,7 @@ as upstream computes them, so `KUBE-SVC-…` names match a real cluster's for th
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -98,8 +99,12 @@ def _b32(data: str) -> str:
     return base64.b32encode(hashlib.sha256(data.encode()).digest()).decode()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def hash16(text: str) -> str:
-    """The first 16 characters of base32(sha256(text)): kube-proxy's chain-name suffix."""
+    """The first 16 characters of base32(sha256(text)): kube-proxy's chain-name suffix.
+
+    Cached: every node's sync, and every later sync, names the same chains (hashing was half
+    of rendering 1,000 Services: 0.075 of 0.138 s per node)."""
     return _b32(text)[:16]
 
 
@@ -128,6 +133,7 @@ def nft_base(sp: ServicePort) -> str:
     return f"{sp.namespace}/{sp.name}/{sp.proto}/{sp.port_name}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same names on every node and every sync
 def nft_hash_and_truncate(name: str) -> str:
     """`<first 8 of base32(sha256)>-<name>`, cut to 112 characters with a trailing `...`."""
     out = _b32(name)[:8] + "-" + name
