@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab_kit import agnhost, backends, cni, config, kernel, kubeproxy, model, naming, services
+from lab_kit import (
+    agnhost,
+    backends,
+    clusterdns,
+    cni,
+    config,
+    kernel,
+    kubeproxy,
+    model,
+    naming,
+    services,
+)
 from lab_kit.errors import ConfigError, LabError, NotRunningError
 from lab_kit.kernel import Journal, Runner
 from lab_kit.state import Store, list_clusters, state_root
@@ -237,6 +249,7 @@ class Cluster:
                     list(ex.map(lambda n: self._setup_node(conf, n), conf.nodes))
                 if conf.cni != "bgp":
                     underlay_ready()
+                self._start_upstream_dns(conf)
                 self._sync_services(state)  # kube-proxy's base chains on every node
                 if conf.cni == "bgp":
                     say("waiting for BGP: every node learns every other node's pod CIDR")
@@ -248,6 +261,12 @@ class Cluster:
                 say("bring-up failed; removing everything it made")
                 self._teardown()
                 raise
+        try:
+            self._deploy_dns(conf, say)
+        except BaseException:
+            say("bring-up failed; removing everything it made")
+            self.down()
+            raise
         say(f"cluster `{conf.name}` ready in {time.monotonic() - t0:.2f} s")
         return self
 
@@ -333,9 +352,32 @@ class Cluster:
                          "net.ipv4.conf.all.forwarding=1",
                          "net.bridge.bridge-nf-call-iptables=1"], ns)
         self._setup_backend(conf, n)
+        self._setup_masquerade(conf, ns)
+        etc = Path("/etc/netns") / ns  # kubelet's --resolv-conf: the node's own resolver
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(
+            clusterdns.node_resolv_conf(config.EXTERNAL_IP).text())
         data_dir = self.store.dir / "cni" / n.name
         cni.write_conflist(data_dir / "10-cbr0.conflist", self._conflist(conf, n))
         self._start_agnhost(n.name)
+
+    def _setup_masquerade(self, conf: config.ClusterConfig, ns: str) -> None:
+        """Pod traffic leaving the cluster is masqueraded to the node's address, as kind's
+        kindnet does with ip-masq-agent's rules: only the pod subnet is exempt. (Without it the
+        `external` host has no route back to a pod IP: cluster DNS could not forward.)"""
+        rules = [
+            "*nat", ":IP-MASQ-AGENT - [0:0]",
+            '-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING '
+            'directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" '
+            "-m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT",
+            f"-A IP-MASQ-AGENT -d {conf.pod_subnet} -m comment --comment "
+            '"ip-masq-agent: local traffic is not subject to MASQUERADE" -j RETURN',
+            '-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject '
+            'to MASQUERADE (must be last in chain)" -j MASQUERADE', "COMMIT", ""]
+        path = self.store.dir / "ip-masq-agent.iptables"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(rules))
+        self.runner.run(["iptables-restore", "--noflush", str(path)], ns, source="ip-masq-agent")
 
     def _setup_backend(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
         """Create the node's backend plumbing, or reconcile it with the current node list."""
@@ -436,6 +478,121 @@ class Cluster:
         if not resp.get("ok"):
             errs = "; ".join(f"{k}: {v}" for k, v in resp.get("errors", {}).items())
             raise LabError(f"the test server on node `{node}` could not serve: {errs}")
+
+    # cluster DNS -------------------------------------------------------------------------
+
+    @property
+    def _dns_dir(self) -> Path:
+        return self.store.dir / "dns"
+
+    @property
+    def dns_ip(self) -> str:
+        """The `kube-dns` Service's ClusterIP (10.96.0.10 in the default service subnet)."""
+        return clusterdns.dns_service_ip(self.config.service_subnet)
+
+    def _start_upstream_dns(self, conf: config.ClusterConfig) -> None:
+        """dnsmasq on the `external` host: the data centre's resolver, serving the lab's
+        "internet" names from a hosts file and NXDOMAIN for every other name."""
+        d = self._dns_dir
+        d.mkdir(parents=True, exist_ok=True)
+        hosts = d / "internet.hosts"
+        hosts.write_text(clusterdns.internet_hosts(config.EXTERNAL_IP))
+        argv = ["dnsmasq", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                f"--addn-hosts={hosts}", "--local=/#/", f"--listen-address={config.EXTERNAL_IP}",
+                "--bind-interfaces", "--user=root", f"--pid-file={d / 'dnsmasq.pid'}",
+                "--log-queries", f"--log-facility={d / 'dnsmasq.log'}"]
+        self.runner.run(argv, naming.external_netns(conf.name), source="lab_kit")
+
+    def _deploy_dns(self, conf: config.ClusterConfig, say: Progress) -> None:
+        """kubeadm's CoreDNS add-on: Deployment `coredns` and Service `kube-dns`."""
+        node = next((n.name for n in conf.nodes if n.role == "control-plane"),
+                    conf.nodes[0].name)
+        self.apply(clusterdns.coredns_manifests(self.dns_ip, node))
+        self.wait_dns()
+        say(f"cluster DNS: coredns x{clusterdns.COREDNS_REPLICAS} in kube-system behind "
+            f"Service kube-dns {self.dns_ip}")
+
+    def wait_dns(self, timeout: float = 15.0) -> None:
+        """Wait until every coredns pod answers (`dig` from its node to the pod's IP)."""
+        deadline = time.monotonic() + timeout
+        for p in self._dns_pods():
+            while True:
+                out = self.runner.run(["dig", "+short", "+tries=1", "+time=1", f"@{p['ip']}",
+                                       f"dns-version.{clusterdns.ZONE}", "TXT"],
+                                      naming.node_netns(p["node"]), check=False, record=False)
+                if clusterdns.SCHEMA_VERSION in out.stdout:
+                    break
+                if time.monotonic() > deadline:
+                    key = f"{p['spec']['namespace']}/{p['spec']['name']}"
+                    raise LabError(f"cluster DNS pod {key} does not answer on {p['ip']}:53; see "
+                                   f"{self._dns_dir / (p['spec']['name'] + '.log')}")
+                time.sleep(0.05)
+
+    def _dns_pods(self, state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        pods = (state or self.state)["pods"].values()
+        return [p for p in pods if model.pod_from_json(p["spec"]).program == "coredns"]
+
+    def _publish_dns(self, state: dict[str, Any], exclude: Iterable[str] = ()) -> None:
+        """Write the objects cluster DNS answers from (its "watch"; the servers re-read the
+        file within 0.1 s). Pods in `exclude` are terminating and already gone from it."""
+        gone = set(exclude)
+        view = dict(state, pods={k: v for k, v in state["pods"].items() if k not in gone})
+        state["dnsGeneration"] = state.get("dnsGeneration", 0) + 1
+        snap = clusterdns.snapshot(view, state["dnsGeneration"], self.dns_ip)
+        d = self._dns_dir
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "cluster.json.tmp"
+        tmp.write_text(json.dumps(snap))
+        os.replace(tmp, d / "cluster.json")
+
+    def _start_programs(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Start the server of every coredns pod that has none running (a kubelet restarting
+        a container); returns the pods started."""
+        started = []
+        for p in self._dns_pods(state):
+            inode = kernel.netns_inode(p["netns"])
+            if inode is None or kernel.pids_in_netns({inode}):
+                continue
+            name = p["spec"]["name"]
+            d = self._dns_dir
+            d.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-m", "lab_kit.dnsserver",
+                    "--snapshot", str(d / "cluster.json")]
+            self.runner.note(["start", "coredns", "in", name, *argv], p["netns"],
+                             source="lab_kit")
+            env = dict(os.environ)
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + (
+                os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            with open(d / f"{name}.log", "ab") as log:
+                # `ip netns exec` (not nsenter): the server sees the pod's /etc/resolv.conf,
+                # which names the upstream it forwards to
+                subprocess.run(["ip", "netns", "exec", p["netns"], "setsid", "-f", *argv],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                               close_fds=True, check=True, timeout=10)
+            started.append(p)
+        return started
+
+    def dns_metrics(self, pod: str | None = None) -> str:
+        """The Prometheus text of one coredns pod (the first, by default), from :9153/metrics."""
+        pods = self._dns_pods()
+        if pod is not None:
+            pods = [p for p in pods if p["spec"]["name"] == pod or
+                    f"{p['spec']['namespace']}/{p['spec']['name']}" == pod]
+        if not pods:
+            raise LabError("no coredns pod" + (f" named {pod!r}" if pod else "") +
+                           " — `lab-kit get pods -n kube-system` lists them")
+        p = pods[0]
+        return self.runner.run(["curl", "-s", "--max-time", "2", f"http://{p['ip']}:9153/metrics"],
+                               naming.node_netns(p["node"]), record=False).stdout
+
+    def _write_pod_resolv(self, pod: model.Pod, net: str) -> None:
+        """kubelet's resolv.conf for the pod, where `ip netns exec` binds it over /etc."""
+        node = clusterdns.parse_resolv_conf(clusterdns.node_resolv_conf(
+            config.EXTERNAL_IP).text())
+        conf = clusterdns.resolv_conf(pod, self.dns_ip, node)
+        etc = Path("/etc/netns") / net
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(conf.text())
 
     def add_node(self, role: str = "worker", labels: dict[str, str] | None = None,
                  progress: Progress | None = None) -> NodeInfo:
@@ -541,6 +698,7 @@ class Cluster:
             # deleting the netns deletes its eth0, and with it the veth's end on s1
             self.runner.run(["ip", "netns", "del", ns])
         shutil.rmtree(self.store.dir / "cni" / n.name, ignore_errors=True)
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
         with contextlib.suppress(OSError):
             self._control_socket_path(conf, n).unlink()
 
@@ -747,6 +905,8 @@ class Cluster:
             _warn_neighbour_limit(len(state["pods"]))
             for node in {p["node"] for p in state["pods"].values()} | set(creates):
                 self._sync_agnhost(node)  # also restarts a server that died since last time
+            self._publish_dns(state)
+            started = self._start_programs(state)
             # a plan that only deleted pods was synced in full before the deletions
             deletions_only = not (creates or plan.services or plan.delete_services
                                   or plan.relabel)
@@ -754,6 +914,8 @@ class Cluster:
                 if plan.services or plan.delete_services:
                     say("kube-proxy: syncing Service rules on every node")
                 self._sync_services(state)
+            if started and plan.create_pods:
+                self.wait_dns()
         except BaseException:
             # roll back this apply's pods so nothing is half-built
             for key in made:
@@ -767,6 +929,8 @@ class Cluster:
             if sync:
                 with contextlib.suppress(LabError, OSError):
                     self._sync_services(state)  # the rules of the state before this apply
+            with contextlib.suppress(OSError):
+                self._publish_dns(state)
             raise
         finally:
             self.store.save(state)
@@ -807,6 +971,7 @@ class Cluster:
         _parallel(conf.nodes, one)
         self._reconcile_lb_routes(services.lb_routes(conf, ports))
         state["endpointslices"] = slices
+        self._publish_dns(state, exclude)
 
     def _reconcile_lb_routes(self, want: dict[str, list[str]]) -> None:
         """Routes on the `external` host to each load-balancer IP via the nodes announcing it
@@ -843,6 +1008,7 @@ class Cluster:
         self.runner.batch([f"netns add {n}" for n in nets], None)
         try:
             for pod, net in zip(pods, nets, strict=True):
+                self._write_pod_resolv(pod, net)
                 uid = str(uuid.uuid4())
                 cid = naming.container_id(pod.namespace, pod.name, uid)
                 att = cni.Attachment(container_id=cid, netns=net)
@@ -863,6 +1029,8 @@ class Cluster:
             leftover = [n for n in nets if n not in {p["netns"] for p in out.values()}]
             self.runner.batch([f"netns del {n}" for n in leftover if kernel.netns_exists(n)],
                               None, check=False)
+            for n in leftover:
+                shutil.rmtree(Path("/etc/netns") / n, ignore_errors=True)
             raise
         return out
 
@@ -907,6 +1075,8 @@ class Cluster:
         kill_netns_processes([p["netns"] for p in pods])
         self.runner.batch([f"netns del {p['netns']}" for p in pods
                            if kernel.netns_exists(p["netns"])], None, check=not best_effort)
+        for p in pods:
+            shutil.rmtree(Path("/etc/netns") / p["netns"], ignore_errors=True)
 
     # traffic -----------------------------------------------------------------------------
 
@@ -1062,6 +1232,10 @@ def _preflight(conf: config.ClusterConfig) -> None:
         except LabError as e:
             raise ConfigError(str(e), file=conf.source, obj="Cluster", field=fld,
                               fix=None if fld else "run scripts/setup.sh") from None
+    if shutil.which("dnsmasq") is None:
+        raise ConfigError("the `external` host's DNS server needs dnsmasq, which is not "
+                          "installed", file=conf.source, obj="Cluster",
+                          fix="run scripts/setup.sh (it installs Debian's dnsmasq-base)")
     if conf.cni == "bgp" and (shutil.which("bird") is None or shutil.which("birdc") is None):
         raise ConfigError("the bgp backend needs BIRD 2 (bird and birdc), which is not "
                           "installed", file=conf.source, obj="Cluster", field="networking.cni",

@@ -67,6 +67,8 @@ BINARIES: tuple[tuple[str, str], ...] = (
     ("iperf3", "iperf3"),
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("dnsperf", "dnsperf"),
     ("dot", "graphviz"),
     ("brctl", "bridge-utils"),
     ("ifconfig", "net-tools"),

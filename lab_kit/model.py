@@ -44,6 +44,21 @@ class Container:
     args: tuple[str, ...] = ()
 
 
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
+MAX_DNS_NAMESERVERS = 3  # validation.MaxDNSNameservers
+MAX_DNS_SEARCHES = 32  # with ExpandedDNSConfig (GA in 1.28)
+MAX_DNS_SEARCH_CHARS = 2048
+COREDNS_IMAGES = ("registry.k8s.io/coredns/coredns", "coredns/coredns", "k8s.gcr.io/coredns")
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """A pod's `spec.dnsConfig`: merged into (or, for dnsPolicy None, making up) resolv.conf."""
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[tuple[str, str | None], ...] = ()  # (name, value or None)
+
+
 @dataclass(frozen=True)
 class Pod:
     namespace: str
@@ -52,6 +67,19 @@ class Pod:
     labels: dict[str, str] = field(default_factory=dict)
     node_name: str | None = None
     owner: str | None = None  # "Deployment/<name>" when a controller made it
+    hostname: str | None = None  # spec.hostname / spec.subdomain: DNS names behind a
+    subdomain: str | None = None  # headless Service of the subdomain's name
+    dns_policy: str = "ClusterFirst"
+    dns_config: DNSConfig | None = None
+
+    @property
+    def program(self) -> str:
+        """What runs in the pod: `coredns` (lab_kit's cluster DNS server) for a CoreDNS image,
+        otherwise the agnhost-like test server on the pod's ports."""
+        for c in self.containers:
+            if c.image.split("@")[0].rsplit(":", 1)[0] in COREDNS_IMAGES:
+                return "coredns"
+        return "agnhost"
 
     @property
     def key(self) -> str:
@@ -59,6 +87,8 @@ class Pod:
 
     def serve_ports(self) -> tuple[list[int], list[int]]:
         """(TCP ports, UDP ports) the pod's agnhost-like server listens on."""
+        if self.program != "agnhost":
+            return [], []
         tcp: list[int] = []
         udp: list[int] = []
         for c in self.containers:
@@ -74,7 +104,8 @@ class Pod:
         return {"containers": [
             {"name": c.name, "image": c.image, "args": list(c.args),
              "ports": [[p.port, p.protocol, p.name] for p in c.ports]}
-            for c in self.containers], "nodeName": self.node_name}
+            for c in self.containers], "nodeName": self.node_name,
+            **_dns_fields(self)}
 
 
 @dataclass(frozen=True)
@@ -344,8 +375,66 @@ def _pod_from_spec(ns: str, name: str, labels: dict[str, str], spec: dict[str, A
     if spec.get("hostNetwork"):
         raise ConfigError("hostNetwork pods are not supported yet", file=src.file, obj=obj,
                           field=f"{prefix}hostNetwork")
+    for fld in ("hostname", "subdomain"):
+        v = spec.get(fld)
+        if v is not None and (not naming.DNS_LABEL_RE.match(str(v)) or len(str(v)) > 63):
+            raise ConfigError(f"{fld} {v!r} is not a valid DNS label (lowercase letters, digits "
+                              "and '-', at most 63 characters)", file=src.file, obj=obj,
+                              field=f"{prefix}{fld}")
+    policy = spec.get("dnsPolicy", "ClusterFirst")
+    if policy not in DNS_POLICIES:
+        raise ConfigError(f"dnsPolicy {policy!r} is not one of {', '.join(DNS_POLICIES)}",
+                          file=src.file, obj=obj, field=f"{prefix}dnsPolicy")
+    dns_config = _dns_config(spec.get("dnsConfig"), policy, src, obj, f"{prefix}dnsConfig")
     return Pod(namespace=ns, name=name, containers=tuple(containers), labels=labels,
-               node_name=spec.get("nodeName"))
+               node_name=spec.get("nodeName"), hostname=spec.get("hostname"),
+               subdomain=spec.get("subdomain"), dns_policy=policy, dns_config=dns_config)
+
+
+def _dns_config(d: dict[str, Any] | None, policy: str, src: Source, obj: str, prefix: str
+                ) -> DNSConfig | None:
+    """`spec.dnsConfig`, validated as the API server does (ValidatePodDNSConfig)."""
+    def fail(msg: str, fld: str, fix: str | None = None) -> ConfigError:
+        return ConfigError(msg, file=src.file, obj=obj, field=f"{prefix}{fld}", fix=fix)
+
+    if d is None:
+        if policy == "None":
+            raise ConfigError("dnsPolicy None needs a dnsConfig with at least one nameserver",
+                              file=src.file, obj=obj, field=prefix,
+                              fix="add dnsConfig.nameservers, e.g. [10.96.0.10]")
+        return None
+    servers = [str(x) for x in d.get("nameservers") or []]
+    if policy == "None" and not servers:
+        raise fail("dnsPolicy None needs at least one nameserver", ".nameservers")
+    if len(servers) > MAX_DNS_NAMESERVERS:
+        raise fail(f"{len(servers)} nameservers: at most {MAX_DNS_NAMESERVERS} are allowed",
+                   ".nameservers")
+    for i, ip in enumerate(servers):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise fail(f"{ip!r} is not an IP address", f".nameservers[{i}]") from None
+    searches = [str(x) for x in d.get("searches") or []]
+    if len(searches) > MAX_DNS_SEARCHES:
+        raise fail(f"{len(searches)} search domains: at most {MAX_DNS_SEARCHES} are allowed",
+                   ".searches")
+    if len(" ".join(searches)) > MAX_DNS_SEARCH_CHARS:
+        raise fail(f"the search list is longer than {MAX_DNS_SEARCH_CHARS} characters",
+                   ".searches")
+    for i, dom in enumerate(searches):
+        if dom.endswith("."):
+            dom = dom[:-1]
+        if not naming.DNS_SUBDOMAIN_RE.match(dom) or len(dom) > 253:
+            raise fail(f"search domain {searches[i]!r} is not a valid DNS subdomain",
+                       f".searches[{i}]")
+    options = []
+    for i, o in enumerate(d.get("options") or []):
+        if not isinstance(o, dict) or not o.get("name"):
+            raise fail("an option needs a name", f".options[{i}].name",
+                       fix="e.g. {name: ndots, value: \"2\"}")
+        options.append((str(o["name"]), None if o.get("value") is None else str(o["value"])))
+    return DNSConfig(nameservers=tuple(servers), searches=tuple(searches),
+                     options=tuple(options))
 
 
 def parse_object(doc: dict[str, Any], src: Source) -> Object:
@@ -574,12 +663,41 @@ def pod_to_json(p: Pod) -> dict[str, Any]:
             "nodeName": p.node_name, "owner": p.owner,
             "containers": [{"name": c.name, "image": c.image, "args": list(c.args),
                             "ports": [{"port": x.port, "protocol": x.protocol, "name": x.name}
-                                      for x in c.ports]} for c in p.containers]}
+                                      for x in c.ports]} for c in p.containers],
+            **_dns_fields(p)}
+
+
+def _dns_fields(p: Pod) -> dict[str, Any]:
+    """The DNS part of a pod spec, stored only when set (older state files have none)."""
+    out: dict[str, Any] = {}
+    if p.hostname:
+        out["hostname"] = p.hostname
+    if p.subdomain:
+        out["subdomain"] = p.subdomain
+    if p.dns_policy != "ClusterFirst":
+        out["dnsPolicy"] = p.dns_policy
+    if p.dns_config is not None:
+        out["dnsConfig"] = {"nameservers": list(p.dns_config.nameservers),
+                            "searches": list(p.dns_config.searches),
+                            "options": [{"name": n, **({} if v is None else {"value": v})}
+                                        for n, v in p.dns_config.options]}
+    return out
+
+
+def _dns_config_from_json(d: dict[str, Any] | None) -> DNSConfig | None:
+    if d is None:
+        return None
+    return DNSConfig(nameservers=tuple(d.get("nameservers") or ()),
+                     searches=tuple(d.get("searches") or ()),
+                     options=tuple((o["name"], o.get("value")) for o in d.get("options") or ()))
 
 
 def pod_from_json(d: dict[str, Any]) -> Pod:
     return Pod(namespace=d["namespace"], name=d["name"], labels=dict(d.get("labels") or {}),
                node_name=d.get("nodeName"), owner=d.get("owner"),
+               hostname=d.get("hostname"), subdomain=d.get("subdomain"),
+               dns_policy=d.get("dnsPolicy", "ClusterFirst"),
+               dns_config=_dns_config_from_json(d.get("dnsConfig")),
                containers=tuple(Container(name=c["name"], image=c.get("image", ""),
                                           args=tuple(c.get("args") or ()),
                                           ports=tuple(ContainerPort(x["port"], x["protocol"],

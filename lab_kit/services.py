@@ -207,8 +207,11 @@ def endpoint_slices(services: dict[str, dict[str, Any]], pods: dict[str, dict[st
                     resolved.append((port["name"], port["protocol"], num))
             if spec["ports"] and not resolved:
                 continue
+            ep: dict[str, Any] = {"addresses": [p["ip"]]}
+            if pod.hostname and pod.subdomain == spec["name"]:
+                ep["hostname"] = pod.hostname  # the EndpointSlice controller's rule: DNS names it
             groups.setdefault(tuple(resolved), []).append({
-                "addresses": [p["ip"]],
+                **ep,
                 "conditions": {"ready": True, "serving": True, "terminating": False},
                 "nodeName": p["node"],
                 "targetRef": {"kind": "Pod", "namespace": pod.namespace, "name": pod.name,

@@ -25,7 +25,7 @@ say() { printf '==> %s\n' "$*"; }
 packages=(
     mininet iproute2 iptables nftables conntrack tcpdump iputils-ping curl dnsutils
     containernetworking-plugins graphviz python3 python3-venv python3-dev iperf3 socat
-    bridge-utils net-tools kmod procps psmisc util-linux ethtool bird2 dnsmasq-base
+    bridge-utils net-tools kmod procps psmisc util-linux ethtool bird2 dnsmasq-base dnsperf
     nginx-light git make
 )
 
