@@ -120,7 +120,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     for kind in args.kind.split(","):
         if kind in ("pods", "pod", "po"):
             ns = None if args.all_namespaces else (args.namespace or "default")
-            table = c.get_pods(ns)
+            table = c.get_pods(ns, include_system=args.all_namespaces)
             if args.output in ("json", "yaml"):
                 out += [p.__dict__ for p in table.pods]
             else:

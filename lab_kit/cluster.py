@@ -262,7 +262,8 @@ class Cluster:
                 self._teardown()
                 raise
         try:
-            self._deploy_dns(conf, say)
+            if conf.cluster_dns:
+                self._deploy_dns(conf, say)
         except BaseException:
             say("bring-up failed; removing everything it made")
             self.down()
@@ -734,8 +735,8 @@ class Cluster:
 
     # pods --------------------------------------------------------------------------------
 
-    def get_pods(self, namespace: str | None = None) -> Table:
-        rows = self.pods(namespace)
+    def get_pods(self, namespace: str | None = None, *, include_system: bool = False) -> Table:
+        rows = self.pods(namespace, include_system=include_system)
         t = Table(["NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE"],
                   [[p.namespace, p.name, "1/1", "Running", p.ip, p.node] for p in rows])
         t.pods = rows  # type: ignore[attr-defined]
@@ -786,8 +787,12 @@ class Cluster:
     def _pod_infos(self) -> list[PodInfo]:
         return [_pod_info(p) for _key, p in sorted(self.state["pods"].items())]
 
-    def pods(self, namespace: str | None = None) -> list[PodInfo]:
-        return [p for p in self._pod_infos() if namespace is None or p.namespace == namespace]
+    def pods(self, namespace: str | None = None, *, include_system: bool = False
+             ) -> list[PodInfo]:
+        """The pods of `namespace`; None: every namespace but kube-system (the cluster's own
+        CoreDNS pods), unless `include_system` (`kubectl get pods -A`)."""
+        return [p for p in self._pod_infos() if p.namespace == namespace or (
+            namespace is None and (include_system or p.namespace not in model.ADDON_NAMESPACES))]
 
     def pod(self, name: str, namespace: str | None = None) -> PodShell:
         """A pod by name (`web-1`, `default/web-1`); a unique prefix also works."""

@@ -73,6 +73,7 @@ class ClusterConfig:
     kube_proxy_mode: str = "iptables"
     mtu: int | None = None  # pods' MTU; None: the backend's (1450 over VXLAN, else 1500)
     bgp_peering: str = "node-mesh"
+    cluster_dns: bool = False  # deploy the CoreDNS add-on (kube-dns at the subnet's .10)
     source: str | None = None  # file it came from, for error messages
 
     @property
@@ -124,6 +125,8 @@ class ClusterConfig:
         }
         if self.mtu is not None:
             net["mtu"] = self.mtu
+        if self.cluster_dns:
+            net["clusterDNS"] = True
         return {"kind": "Cluster", "apiVersion": KIND_API_VERSION, "name": self.name,
                 "nodes": nodes, "networking": net}
 
@@ -214,7 +217,7 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None,
     if not isinstance(net, dict):
         _fail("networking must be a mapping", source, "networking")
     net_known = ({"podSubnet", "serviceSubnet", "cni", "cniPlugin", "kubeProxyMode", "mtu",
-                  "bgpPeering"} | _IGNORED_NET)
+                  "bgpPeering", "clusterDNS"} | _IGNORED_NET)
     for key in net:
         if key not in net_known:
             _fail(f"unknown field {key!r}", source, f"networking.{key}")
@@ -252,6 +255,11 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None,
         _fail(f"kubeProxyMode {mode!r} is not supported; use one of {', '.join(PROXY_MODES)}",
               source, "networking.kubeProxyMode")
 
+    cluster_dns = net.get("clusterDNS", False)
+    if not isinstance(cluster_dns, bool):
+        _fail(f"clusterDNS {cluster_dns!r} must be true or false", source,
+              "networking.clusterDNS", "true deploys CoreDNS behind the kube-dns Service")
+
     names = naming.node_names(cname, roles)
     cidrs = _node_cidrs(raw_nodes, pod_subnet, source)
     nodes = []
@@ -267,7 +275,8 @@ def parse_config(doc: Any, source: str | None = None, name: str | None = None,
                                 cni_plugin=node_plugin))
     return ClusterConfig(name=cname, nodes=tuple(nodes), pod_subnet=str(pod_subnet),
                          service_subnet=str(svc_subnet), cni=cni, cni_plugin=plugin,
-                         kube_proxy_mode=mode, mtu=mtu, bgp_peering=peering, source=source)
+                         kube_proxy_mode=mode, mtu=mtu, bgp_peering=peering,
+                         cluster_dns=cluster_dns, source=source)
 
 
 def _plugin_name(value: Any, source: str | None, fld: str) -> str:

@@ -107,7 +107,8 @@ class Server:
         self.port = port
         self.metrics = Metrics()
         self.records: clusterdns.Records | None = None
-        self.cache: dict[bytes, tuple[bytes, str, str, str]] = {}
+        # one packet cache per transport: a truncated UDP answer must not be sent over TCP
+        self.cache: dict[str, dict[bytes, tuple[bytes, str, str, str]]] = {"udp": {}, "tcp": {}}
         self.stamp: tuple[int, int] | None = None
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
         self.udp: socket.socket | None = None
@@ -132,7 +133,7 @@ class Server:
             self.stamp = stamp
             return False
         self.records = records
-        self.cache = {}  # a new dict: the UDP thread keeps using the old one until it looks
+        self.cache = {"udp": {}, "tcp": {}}  # new dicts: a thread still answering from the old
         self.stamp = stamp
         self.metrics.reloads += 1
         return True
@@ -146,7 +147,7 @@ class Server:
 
     def answer(self, data: bytes, proto: str, reply: Any) -> None:
         """Answer `data`; `reply(bytes)` sends the answer (maybe later, from a thread)."""
-        cache = self.cache
+        cache = self.cache[proto]
         hit = cache.get(data[2:])
         if hit is not None:
             tail, zone, qtype, rcode = hit

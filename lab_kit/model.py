@@ -22,6 +22,7 @@ from lab_kit.errors import ConfigError
 
 KUBE_VERSION = "1.33"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+ADDON_NAMESPACES = ("kube-system",)  # the cluster's own pods (CoreDNS): left out of listings
 SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment"),
                    ("v1", "Service")}
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range

@@ -62,6 +62,10 @@ class HostSnapshot:
             "lab_sockets": "\n".join(sorted(str(p) for p in Path("/run/lab_kit-sock").glob("**/*"))
                                      if Path("/run/lab_kit-sock").exists() else ""),
             "lab_processes": "\n".join(_lab_processes()),
+            # per-netns config (a pod's resolv.conf): `ip netns del` leaves it behind
+            "lab_etc_netns": "\n".join(sorted(
+                p.name for p in Path("/etc/netns").glob(naming.PREFIX + "*")))
+            if Path("/etc/netns").is_dir() else "",
             "sysctls": "\n".join(f"{k}={_sysctl(k)}" for k in HOST_SYSCTLS),
         }
 
@@ -120,6 +124,10 @@ def _lab_processes() -> list[str]:
     for pid, cmd in _live_commands().items():
         if "lab_kit.agnhost" in cmd:
             out.append(f"pid {pid}: python -m lab_kit.agnhost")
+        elif "lab_kit.dnsserver" in cmd:
+            out.append(f"pid {pid}: python -m lab_kit.dnsserver")
+        elif cmd.startswith("dnsmasq ") and "/dns/internet.hosts" in cmd:
+            out.append(f"pid {pid}: dnsmasq (the external host's resolver)")
         elif "/run/lab_kit-sock/" in cmd:
             out.append(f"pid {pid}: {cmd.split(' ', 1)[0]}")
     return sorted(out)
