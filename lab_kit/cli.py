@@ -59,9 +59,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lab_kit import config
     from lab_kit.cluster import Cluster
-    c = Cluster.up(args.file, name=args.name, replace=args.replace, progress=_say)
+    cfg = args.file
+    if args.cluster_dns:
+        conf = (config.load_config(args.file, name=args.name) if args.file
+                else config.default_config(args.name or config.DEFAULT_NAME))
+        cfg = dataclasses.replace(conf, cluster_dns=True)
+    c = Cluster.up(cfg, name=args.name, replace=args.replace, progress=_say)
     print(c.get_nodes())
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    c = _attach(args)
+    pods = [args.pod] if args.pod else [p.name for p in c.pods("kube-system")
+                                        if p.name.startswith("coredns-")]
+    if not pods:
+        raise LabError("this cluster has no cluster DNS: create it with `lab-kit up "
+                       "--cluster-dns` (or networking.clusterDNS: true in its config)")
+    for name in pods:
+        print(f"# kube-system/{name}")
+        print(c.dns_metrics(name), end="")
     return 0
 
 
@@ -347,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="cluster config (kind: Cluster); default 1 "
                    "control-plane + 2 workers")
     p.add_argument("--replace", action="store_true", help="remove a cluster of the same name")
+    p.add_argument("--cluster-dns", action="store_true", help="deploy CoreDNS behind kube-dns "
+                   "10.96.0.10 (as networking.clusterDNS: true in the config)")
     p = add("down", cmd_down, "remove a cluster and everything it made")
     p.add_argument("--all", action="store_true", help="remove every lab cluster on this host")
     p = add("apply", cmd_apply, "create or update objects from manifests (like kubectl)")
@@ -418,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lab")
     p.add_argument("check", nargs="?")
     p.add_argument("--answer", action="append", help="KEY=VALUE for checks that need one")
+    p = add("dns", cmd_dns, "cluster DNS: the coredns pods' Prometheus counters")
+    p.add_argument("what", choices=["metrics"])
+    p.add_argument("--pod", help="one coredns pod (default: every one)")
     return ap
 
 

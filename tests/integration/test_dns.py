@@ -449,6 +449,16 @@ def test_fuzz_never_crashes_the_server(cluster: Cluster) -> None:
 
 # --- teardown -------------------------------------------------------------------------------------
 
+def test_cli_prints_each_replicas_counters(cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from lab_kit import cli
+    monkeypatch.setenv("LAB_KIT_STATE_DIR", str(cluster.root))
+    assert cli.main(["dns", "metrics", "--name", cluster.name]) == 0
+    out = capsys.readouterr().out
+    assert out.count("# kube-system/coredns-") == 2
+    assert out.count("# TYPE labkit_dns_queries_total counter") == 2
+
+
 def test_teardown_stops_the_servers_and_removes_resolv_conf(lab_cluster_factory) -> None:
     conf = dataclasses.replace(config.default_config(unique_name("d"), workers=1),
                                cluster_dns=True)

@@ -39,3 +39,11 @@ def test_unknown_arguments_are_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["status", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_up_cluster_dns_and_dns_metrics_parse() -> None:
+    from lab_kit import cli
+    args = cli.parse_args(["up", "--cluster-dns"])
+    assert args.cluster_dns and args.file is None
+    args = cli.parse_args(["dns", "metrics", "--pod", "coredns-x"])
+    assert (args.what, args.pod) == ("metrics", "coredns-x")

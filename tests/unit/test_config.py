@@ -291,3 +291,12 @@ def test_stored_round_trip_keeps_node_identity() -> None:
         (c.nodes[2].name, c.nodes[2].ip, c.nodes[2].pod_cidr)]
     assert back.mtu == 1400 and back.cni == "bgp"
     assert parse_config(c.to_dict(), source=c.source) == c  # the user-facing form too
+
+
+def test_cluster_dns_is_an_opt_in_add_on() -> None:
+    assert config.default_config().cluster_dns is False
+    c = parse_config_text(HEAD + "networking:\n  clusterDNS: true\n", source="cfg.yaml")
+    assert c.cluster_dns and c.to_dict()["networking"]["clusterDNS"] is True
+    assert config.parse_config(c.to_dict(), source="cfg.yaml").cluster_dns
+    e = error_of(HEAD + "networking:\n  clusterDNS: yes-please\n")
+    assert e.field == "networking.clusterDNS"
