@@ -538,8 +538,8 @@ class Cluster:
         file within 0.1 s). Pods in `exclude` are terminating and already gone from it."""
         gone = set(exclude)
         view = dict(state, pods={k: v for k, v in state["pods"].items() if k not in gone})
-        state["dnsGeneration"] = state.get("dnsGeneration", 0) + 1
-        snap = clusterdns.snapshot(view, state["dnsGeneration"], self.dns_ip)
+        # the SOA serial: seconds since the epoch (RFC 1912's advice; fits 32 bits to 2106)
+        snap = clusterdns.snapshot(view, int(time.time()), self.dns_ip)
         d = self._dns_dir
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "cluster.json.tmp"

@@ -29,6 +29,7 @@ LABS: dict[str, str] = {
     "07-clusterip-kube-proxy": "lab_kit.labs.clusterip",
     "08-nodeport-loadbalancer": "lab_kit.labs.external_traffic",
     "09-iptables-vs-nftables": "lab_kit.labs.proxy_scale",
+    "10-cluster-dns": "lab_kit.labs.cluster_dns",
 }
 
 
