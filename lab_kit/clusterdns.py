@@ -14,6 +14,7 @@ The wire format is dnspython's; the server (`lab_kit.dnsserver`) only moves pack
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -187,14 +189,11 @@ class Records:
         """(rcode, answer RRsets, names to add A records for in Additional) for one question
         in this zone. The answer owner name keeps the question's spelling (case)."""
         q = qname.lower()
-        owner = dns.name.from_text(qname)
         ans: list[dns.rrset.RRset] = []
         extra: list[str] = []
 
         def rr(rtype: int, values: Iterable[str]) -> None:
-            rs = dns.rrset.from_text_list(owner, self.ttl, dns.rdataclass.IN, rtype,
-                                          list(values))
-            ans.append(rs)
+            ans.append(_rrset(qname, self.ttl, rtype, tuple(values)))
 
         target = self.cname.get(q)
         if target is not None:  # an ExternalName Service: a CNAME whatever the type asked
@@ -219,17 +218,17 @@ class Records:
             rr(dns.rdatatype.NS, self.ns[q])
             extra = list(self.ns[q])
         if qtype in (dns.rdatatype.SOA, dns.rdatatype.ANY) and q == self.origin:
-            ans.append(self.soa(owner))
+            ans.append(self.soa(qname))
         if ans:
             return dns.rcode.NOERROR, ans, extra
         exists = (q in self.names or q in self.ptr or pod_ip is not None)
         return (dns.rcode.NOERROR if exists else dns.rcode.NXDOMAIN), [], []
 
-    def soa(self, owner: dns.name.Name | None = None) -> dns.rrset.RRset:
+    def soa(self, owner: str | None = None) -> dns.rrset.RRset:
         apex = self.origin
-        return dns.rrset.from_text(owner or dns.name.from_text(apex), self.ttl, "IN", "SOA",
-                                   f"ns.dns.{apex} hostmaster.{apex} {self.generation} "
-                                   f"7200 1800 86400 {self.ttl}")
+        text = (f"ns.dns.{apex} hostmaster.{apex} {self.generation} 7200 1800 86400 "
+                f"{self.ttl}")
+        return _rrset(owner or apex, self.ttl, dns.rdatatype.SOA, (text,))
 
     def respond(self, query: dns.message.Message,
                 chase: Callable[[str, int], list[dns.rrset.RRset]] | None = None
@@ -273,6 +272,20 @@ class Records:
         if not ans:  # NXDOMAIN or NODATA: the SOA tells resolvers how long to cache that
             resp.authority.append(self.soa())
         return resp
+
+
+@functools.lru_cache(maxsize=65536)
+def _rdatas(rtype: int, values: tuple[str, ...]) -> list[dns.rdata.Rdata]:
+    """Parsed record data, kept: parsing the text again for every query cost half of an
+    uncached answer."""
+    return [dns.rdata.from_text(dns.rdataclass.IN, rtype, v) for v in values]
+
+
+@functools.lru_cache(maxsize=16384)
+def _rrset(owner: str, ttl: int, rtype: int, values: tuple[str, ...]) -> dns.rrset.RRset:
+    """One RRset, built once: building it hashes every rdata (its names to wire format),
+    which cost more than the rest of an uncached answer. Never modified once made."""
+    return dns.rrset.from_rdata_list(dns.name.from_text(owner), ttl, _rdatas(rtype, values))
 
 
 _POD_RE = re.compile(r"^(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})\.([a-z0-9-]+)\.pod$")
