@@ -538,13 +538,41 @@ class Cluster:
         file within 0.1 s). Pods in `exclude` are terminating and already gone from it."""
         gone = set(exclude)
         view = dict(state, pods={k: v for k, v in state["pods"].items() if k not in gone})
-        # the SOA serial: seconds since the epoch (RFC 1912's advice; fits 32 bits to 2106)
-        snap = clusterdns.snapshot(view, int(time.time()), self.dns_ip)
         d = self._dns_dir
         d.mkdir(parents=True, exist_ok=True)
+        # the generation is the zone's SOA serial: a server that answers it has loaded this
+        # snapshot. Kept beside the snapshot, not in the state file, which a failed apply
+        # must leave exactly as it was.
+        generation = self._dns_generation() + 1
+        snap = clusterdns.snapshot(view, generation, self.dns_ip)
         tmp = d / "cluster.json.tmp"
         tmp.write_text(json.dumps(snap))
         os.replace(tmp, d / "cluster.json")
+        (d / "generation").write_text(f"{generation}\n")
+
+    def _dns_generation(self) -> int:
+        try:
+            return int((self._dns_dir / "generation").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def wait_dns_synced(self, timeout: float = 3.0) -> bool:
+        """Wait until every coredns pod answers from the latest objects (its SOA serial is
+        the last snapshot's generation; a server re-reads the snapshot within 0.1 s).
+        False if one is still behind after `timeout` seconds."""
+        want = self._dns_generation()
+        deadline = time.monotonic() + timeout
+        for p in self._dns_pods():
+            while True:
+                out = self.runner.run(["dig", "+short", "+tries=1", "+time=1", f"@{p['ip']}",
+                                       "SOA", clusterdns.ZONE], naming.node_netns(p["node"]),
+                                      check=False, record=False).stdout.split()
+                if len(out) >= 3 and out[2].isdigit() and int(out[2]) >= want:
+                    break
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+        return True
 
     def _start_programs(self, state: dict[str, Any]) -> list[dict[str, Any]]:
         """Start the server of every coredns pod that has none running (a kubelet restarting
@@ -921,6 +949,9 @@ class Cluster:
                 self._sync_services(state)
             if started and plan.create_pods:
                 self.wait_dns()
+            elif self._dns_pods(state):
+                # every coredns replica answers from this apply's objects before it returns
+                self.wait_dns_synced()
         except BaseException:
             # roll back this apply's pods so nothing is half-built
             for key in made:

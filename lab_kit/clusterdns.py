@@ -364,8 +364,14 @@ def resolv_conf(pod: model.Pod, cluster_dns: str, node: ResolvConf, zone: str = 
             merged[name] = name if value is None else f"{name}:{value}"
         options = list(merged.values())
     servers = list(dict.fromkeys(servers))[: model.MAX_DNS_NAMESERVERS]
-    searches = [s.rstrip(".") for s in dict.fromkeys(searches) if len(s) <= 253]
-    return ResolvConf(tuple(servers), tuple(dict.fromkeys(searches)), tuple(options))
+    kept: list[str] = []
+    for dom in dict.fromkeys(s.rstrip(".") for s in searches):
+        # kubelet drops a domain over 253 characters, then trims the list to its limits
+        if len(dom) > 253 or len(kept) == model.MAX_DNS_SEARCHES or len(
+                " ".join([*kept, dom])) > model.MAX_DNS_SEARCH_CHARS:
+            continue
+        kept.append(dom)
+    return ResolvConf(tuple(servers), tuple(kept), tuple(options))
 
 
 # --- the add-on: what kubeadm (and kind) deploy -------------------------------------------------

@@ -354,3 +354,10 @@ def test_dns_fields_round_trip_and_coredns_program():
     tmpl = model.load_manifests([dep])[0][0].template
     assert tmpl.program == "coredns" and tmpl.serve_ports() == ([], [])
     assert tmpl.dns_policy == "Default"
+
+
+def test_resolv_search_list_is_trimmed_to_kubelets_limits():
+    cfg = model.DNSConfig(searches=tuple(f"d{i}.example" for i in range(40)))
+    conf = clusterdns.resolv_conf(_pod(dns_config=cfg), "10.96.0.10", NODE)
+    assert len(conf.searches) == model.MAX_DNS_SEARCHES
+    assert conf.searches[:3] == ("x.svc.cluster.local", "svc.cluster.local", "cluster.local")
