@@ -1,10 +1,11 @@
 """Cluster DNS: the Kubernetes DNS-based service discovery spec as pure functions.
 
 Three parts, none with side effects:
-- `snapshot(state, conf)`: the objects the DNS server watches (Services, EndpointSlices, Pods),
-  as the JSON the cluster writes to the state dir on every change: the lab's "API server watch".
-- `Records.from_snapshot(...)` + `Records.resolve(...)`: the record forms of the spec (schema
-  1.1.0) built from those objects, and the answer to one question: records, NXDOMAIN or NODATA
+- `snapshot(state, generation, dns_ip)`: the objects the DNS server watches (Services,
+  EndpointSlices, Pods), as the JSON the cluster writes to the state dir on every change: the
+  lab's "API server watch".
+- `Records.from_snapshot(...)` + `Records.respond(...)`: the record forms of the spec (schema
+  1.1.0) built from those objects, and the answer to one query: records, NXDOMAIN or NODATA
   with the zone's SOA, or None for "not ours, forward it upstream".
 - `resolv_conf(pod, ...)`: what kubelet writes as a pod's /etc/resolv.conf for its dnsPolicy and
   dnsConfig.
@@ -26,7 +27,6 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
-import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -36,7 +36,6 @@ from lab_kit import model
 ZONE = "cluster.local"
 SCHEMA_VERSION = "1.1.0"
 DEFAULT_TTL = 30  # kubeadm's (and kind's) Corefile: `kubernetes cluster.local … { ttl 30 }`
-POD_MODES = ("insecure", "verified", "disabled")  # CoreDNS `pods …`; kubeadm uses insecure
 DEFAULT_NDOTS = 5  # kubelet's defaultDNSOptions
 SRV_PRIORITY = 0
 SRV_WEIGHT = 100
@@ -79,9 +78,10 @@ class Records:
     """Every record the spec asks for, by lower-case absolute name."""
     zone: str
     ttl: int
-    pods_mode: str
+    pods_mode: str  # CoreDNS `pods insecure|verified|disabled`; kubeadm's Corefile: insecure
     generation: int
     a: dict[str, list[str]] = field(default_factory=dict)
+    # by `_port._proto.<service>` and, for every port at once, by the Service's own name
     srv: dict[str, list[tuple[int, int, int, str]]] = field(default_factory=dict)
     ptr: dict[str, list[str]] = field(default_factory=dict)
     cname: dict[str, str] = field(default_factory=dict)
@@ -124,8 +124,8 @@ class Records:
                 r.a.setdefault(fqdn, []).append(ip)
                 r.ptr.setdefault(reverse_name(ip), []).append(fqdn)
                 for p in named:
-                    r.srv.setdefault(_srv_name(p, fqdn), []).append(
-                        (SRV_PRIORITY, SRV_WEIGHT, p["port"], fqdn))
+                    r._add_srv(_srv_name(p, fqdn), fqdn, (SRV_PRIORITY, SRV_WEIGHT, p["port"],
+                                                          fqdn))
                 continue
             # headless: one A per ready endpoint, a name per endpoint, SRV per endpoint x port
             for s in slices.get((ns, name), []):
@@ -140,8 +140,8 @@ class Records:
                         _add_unique(r.a, host_fqdn, addr)
                         _add_unique(endpoint_ptr, reverse_name(addr), host_fqdn)
                         for p in ports:
-                            r.srv.setdefault(_srv_name(p, fqdn), []).append(
-                                (SRV_PRIORITY, SRV_WEIGHT, p["port"], host_fqdn))
+                            r._add_srv(_srv_name(p, fqdn), fqdn,
+                                       (SRV_PRIORITY, SRV_WEIGHT, p["port"], host_fqdn))
         for rev, targets in endpoint_ptr.items():
             r.ptr.setdefault(rev, []).extend(t for t in targets if t not in r.ptr.get(rev, []))
         for p in snap.get("pods", []):
@@ -155,6 +155,10 @@ class Records:
         r.names.add(f"svc.{apex}")
         r.names.add(f"pod.{apex}")
         return r
+
+    def _add_srv(self, name: str, service: str, record: tuple[int, int, int, str]) -> None:
+        self.srv.setdefault(name, []).append(record)
+        self.srv.setdefault(service, []).append(record)  # SRV at the Service name: every port
 
     def _add_name(self, name: str) -> None:
         """A name and every ancestor down to the zone apex exist (empty non-terminals)."""
@@ -205,8 +209,6 @@ class Records:
             rr(dns.rdatatype.A, a)
         if qtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
             srv = self.srv.get(q)
-            if srv is None and q in self.a:  # SRV for the Service name itself: every port
-                srv = [x for n, v in self.srv.items() if n.endswith("." + q) for x in v]
             if srv:
                 rr(dns.rdatatype.SRV, [f"{p} {w} {port} {t}" for p, w, port, t in srv])
                 extra = list(dict.fromkeys(t for *_, t in srv))
@@ -248,13 +250,11 @@ class Records:
             return resp
         question = query.question[0]
         qname = question.name.to_text()
-        if question.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY):
-            if not self.authoritative_for(qname):
-                return None
-            resp.set_rcode(dns.rcode.REFUSED)
-            return resp
         if not self.authoritative_for(qname):
             return None
+        if question.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY):
+            resp.set_rcode(dns.rcode.REFUSED)  # a CHAOS question about the cluster zone
+            return resp
         rcode, ans, extra = self.lookup(qname, question.rdtype)
         resp.flags |= dns.flags.AA
         resp.set_rcode(rcode)
@@ -274,18 +274,11 @@ class Records:
         return resp
 
 
-@functools.lru_cache(maxsize=65536)
-def _rdatas(rtype: int, values: tuple[str, ...]) -> list[dns.rdata.Rdata]:
-    """Parsed record data, kept: parsing the text again for every query cost half of an
-    uncached answer."""
-    return [dns.rdata.from_text(dns.rdataclass.IN, rtype, v) for v in values]
-
-
 @functools.lru_cache(maxsize=16384)
 def _rrset(owner: str, ttl: int, rtype: int, values: tuple[str, ...]) -> dns.rrset.RRset:
-    """One RRset, built once: building it hashes every rdata (its names to wire format),
-    which cost more than the rest of an uncached answer. Never modified once made."""
-    return dns.rrset.from_rdata_list(dns.name.from_text(owner), ttl, _rdatas(rtype, values))
+    """One RRset, built once: parsing the record text and hashing every rdata (its names to
+    wire format) cost more than the rest of an uncached answer. Never modified once made."""
+    return dns.rrset.from_text_list(owner, ttl, dns.rdataclass.IN, rtype, list(values))
 
 
 _POD_RE = re.compile(r"^(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})\.([a-z0-9-]+)\.pod$")
