@@ -60,8 +60,7 @@ class Metrics:
         self.reloads = 0
 
     def count(self, zone: str, proto: str, qtype: str, rcode: str) -> None:
-        # one query costs three dict updates; a lock-free += is fine under the GIL for the
-        # UDP thread, the lock keeps the TCP and forward threads' updates from interleaving
+        # the UDP, TCP and forward threads all count: the lock keeps their updates whole
         with self.lock:
             k = (zone, proto, qtype)
             self.requests[k] = self.requests.get(k, 0) + 1
@@ -69,6 +68,10 @@ class Metrics:
             self.responses[k2] = self.responses.get(k2, 0) + 1
             k3 = (qtype, rcode)
             self.queries[k3] = self.queries.get(k3, 0) + 1
+
+    def count_forward(self, result: str) -> None:
+        with self.lock:
+            self.forward[result] = self.forward.get(result, 0) + 1
 
     def text(self) -> str:
         out = []
@@ -111,7 +114,6 @@ class Server:
         self.cache: dict[str, dict[bytes, tuple[bytes, str, str, str]]] = {"udp": {}, "tcp": {}}
         self.stamp: tuple[int, int] | None = None
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
-        self.udp: socket.socket | None = None
 
     # -- the watch ---------------------------------------------------------------------------
 
@@ -173,11 +175,11 @@ class Server:
             self.metrics.count(".", proto, qtype, "SERVFAIL")
             reply(self._wire(resp, query, proto))
             return
-        chased = False
+        cacheable = True  # not an answer that asked upstream, nor one a bug spoilt
 
         def chase(name: str, rdtype: int) -> list[dns.rrset.RRset]:
-            nonlocal chased
-            chased = True
+            nonlocal cacheable
+            cacheable = False
             return self._resolve_upstream(name, rdtype)
 
         try:
@@ -187,13 +189,14 @@ class Server:
                   file=sys.stderr, flush=True)
             resp = dns.message.make_response(query)
             resp.set_rcode(dns.rcode.SERVFAIL)
+            cacheable = False
         if resp is None:
             self.pool.submit(self._forward, data, query, proto, qtype, reply)
             return
         wire = self._wire(resp, query, proto)
         rcode = dns.rcode.to_text(resp.rcode())
         zone = records.origin
-        if not chased and len(cache) < CACHE_MAX:
+        if cacheable and len(cache) < CACHE_MAX:
             cache[data[2:]] = (wire[2:], zone, qtype, rcode)
         self.metrics.count(zone, proto, qtype, rcode)
         reply(wire)
@@ -221,11 +224,9 @@ class Server:
             wire = _exchange(self.upstream, data, proto)
             rcode = dns.rcode.to_text(dns.rcode.from_flags(
                 struct.unpack("!H", wire[2:4])[0], 0)) if len(wire) >= 4 else "SERVFAIL"
-            with self.metrics.lock:
-                self.metrics.forward[rcode] = self.metrics.forward.get(rcode, 0) + 1
+            self.metrics.count_forward(rcode)
         except (OSError, ValueError):
-            with self.metrics.lock:
-                self.metrics.forward["timeout"] = self.metrics.forward.get("timeout", 0) + 1
+            self.metrics.count_forward("timeout")
             resp = dns.message.make_response(query)
             resp.set_rcode(dns.rcode.SERVFAIL)
             wire = self._wire(resp, query, proto)
@@ -320,22 +321,17 @@ class Server:
 def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            status, ctype = 200, "text/plain"
             if self.path == "/metrics":
                 body = server.metrics.text().encode()
                 ctype = "text/plain; version=0.0.4"
             elif self.path in ("/health", "/ready"):
-                ok = server.records is not None
-                body = b"OK" if ok else b"no records yet"
-                ctype = "text/plain"
-                if not ok:
-                    self.send_response(503)
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
+                ready = server.records is not None
+                status, body = (200, b"OK") if ready else (503, b"no records yet")
             else:
                 self.send_error(404)
                 return
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

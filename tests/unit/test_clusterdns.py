@@ -361,3 +361,13 @@ def test_resolv_search_list_is_trimmed_to_kubelets_limits():
     conf = clusterdns.resolv_conf(_pod(dns_config=cfg), "10.96.0.10", NODE)
     assert len(conf.searches) == model.MAX_DNS_SEARCHES
     assert conf.searches[:3] == ("x.svc.cluster.local", "svc.cluster.local", "cluster.local")
+
+
+def test_an_answer_spoilt_by_a_bug_is_servfail_and_not_cached(tmp_path, monkeypatch):
+    s = _server(tmp_path, _snapshot())
+    q = dns.message.make_query("web.default.svc.cluster.local.", "A")
+    monkeypatch.setattr(s.records, "respond", lambda *a, **k: 1 / 0)
+    resp = dns.message.from_wire(_ask_server(s, q.to_wire())[0])
+    assert resp.rcode() == dns.rcode.SERVFAIL and s.cache["udp"] == {}
+    monkeypatch.undo()
+    assert answers(dns.message.from_wire(_ask_server(s, q.to_wire())[0])) == ["10.96.100.1"]
