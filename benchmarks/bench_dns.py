@@ -393,8 +393,7 @@ def main() -> int:
 
         client = c.pod("dnsperf-client")
         masq = c.pod("dnsmasq")
-        dns_pods = sorted((p for p in c.pods("kube-system") if p.name.startswith("coredns")),
-                          key=lambda p: p.name)
+        dns_pods = sorted(c.dns_pods(), key=lambda p: p.name)
         if not dns_pods:
             raise RuntimeError("the cluster has no coredns pods in kube-system")
         lab = dns_pods[0]

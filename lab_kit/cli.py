@@ -75,8 +75,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_dns(args: argparse.Namespace) -> int:
     c = _attach(args)
-    pods = [args.pod] if args.pod else [p.name for p in c.pods("kube-system")
-                                        if p.name.startswith("coredns-")]
+    pods = [args.pod] if args.pod else [p.name for p in c.dns_pods()]
     if not pods:
         raise LabError("this cluster has no cluster DNS: create it with `lab-kit up "
                        "--cluster-dns` (or networking.clusterDNS: true in its config)")

@@ -53,6 +53,10 @@ POD_CAPACITY_PER_NODE = 253  # a /24 minus network, broadcast and the cni0 gatew
 Progress = Callable[[str], None]
 
 
+# every node's own resolv.conf (kubelet's --resolv-conf): dnsmasq on the `external` host
+NODE_RESOLV = clusterdns.node_resolv_conf(config.EXTERNAL_IP)
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -356,8 +360,7 @@ class Cluster:
         self._setup_masquerade(conf, ns)
         etc = Path("/etc/netns") / ns  # kubelet's --resolv-conf: the node's own resolver
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text(
-            clusterdns.node_resolv_conf(config.EXTERNAL_IP).text())
+        (etc / "resolv.conf").write_text(NODE_RESOLV.text())
         data_dir = self.store.dir / "cni" / n.name
         cni.write_conflist(data_dir / "10-cbr0.conflist", self._conflist(conf, n))
         self._start_agnhost(n.name)
@@ -421,19 +424,11 @@ class Cluster:
         d = self.store.dir / "agnhost"
         d.mkdir(parents=True, exist_ok=True)
         ctl = self._control_socket(node)
-        log = open(d / f"{node}.log", "ab")
         argv = [sys.executable, "-m", "lab_kit.agnhost", "--control", str(ctl)]
         self.runner.note(["start", "agnhost", "on", node, *argv], naming.node_netns(node),
                          source="lab_kit")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # `setsid -f` forks: the server is a daemon re-parented to init, not a child of this
-        # (possibly long-lived notebook) process that would linger as a zombie after `down`
-        subprocess.run(kernel.in_netns_argv(["setsid", "-f", *argv], naming.node_netns(node)),
-                       stdin=subprocess.DEVNULL, stdout=log,
-                       stderr=log, env=env, close_fds=True, check=True, timeout=10)
-        log.close()
+        _daemon(kernel.in_netns_argv(["setsid", "-f", *argv], naming.node_netns(node)),
+                d / f"{node}.log")
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -514,20 +509,41 @@ class Cluster:
             f"Service kube-dns {self.dns_ip}")
 
     def wait_dns(self, timeout: float = 15.0) -> None:
-        """Wait until every coredns pod answers (`dig` from its node to the pod's IP)."""
+        """Wait until every coredns pod answers from the latest objects; LabError naming the
+        pod that does not."""
+        behind = self._dns_behind(timeout)
+        if behind:
+            p = behind[0]
+            raise LabError(f"cluster DNS pod {p['spec']['namespace']}/{p['spec']['name']} does "
+                           f"not answer on {p['ip']}:53; see "
+                           f"{self._dns_dir / (p['spec']['name'] + '.log')}")
+
+    def wait_dns_synced(self, timeout: float = 3.0) -> bool:
+        """Wait until every coredns pod answers from the latest objects (a server re-reads the
+        snapshot within 0.1 s); False if one is still behind after `timeout` seconds."""
+        return not self._dns_behind(timeout)
+
+    def _dns_behind(self, timeout: float) -> list[dict[str, Any]]:
+        """The coredns pods whose SOA serial is still below the last snapshot's generation
+        after `timeout` seconds (`dig` from each pod's node to its IP)."""
+        want = self._dns_generation()
         deadline = time.monotonic() + timeout
-        for p in self._dns_pods():
+        pods = self._dns_pods()
+        for i, p in enumerate(pods):
             while True:
                 out = self.runner.run(["dig", "+short", "+tries=1", "+time=1", f"@{p['ip']}",
-                                       f"dns-version.{clusterdns.ZONE}", "TXT"],
-                                      naming.node_netns(p["node"]), check=False, record=False)
-                if clusterdns.SCHEMA_VERSION in out.stdout:
+                                       "SOA", clusterdns.ZONE], naming.node_netns(p["node"]),
+                                      check=False, record=False).stdout.split()
+                if len(out) >= 3 and out[2].isdigit() and int(out[2]) >= want:
                     break
                 if time.monotonic() > deadline:
-                    key = f"{p['spec']['namespace']}/{p['spec']['name']}"
-                    raise LabError(f"cluster DNS pod {key} does not answer on {p['ip']}:53; see "
-                                   f"{self._dns_dir / (p['spec']['name'] + '.log')}")
-                time.sleep(0.05)
+                    return pods[i:]
+                time.sleep(0.02)
+        return []
+
+    def dns_pods(self) -> list[PodInfo]:
+        """The cluster DNS pods (those running a CoreDNS image), in any namespace."""
+        return [_pod_info(p) for p in self._dns_pods()]
 
     def _dns_pods(self, state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         pods = (state or self.state)["pods"].values()
@@ -556,29 +572,11 @@ class Cluster:
         except (OSError, ValueError):
             return 0
 
-    def wait_dns_synced(self, timeout: float = 3.0) -> bool:
-        """Wait until every coredns pod answers from the latest objects (its SOA serial is
-        the last snapshot's generation; a server re-reads the snapshot within 0.1 s).
-        False if one is still behind after `timeout` seconds."""
-        want = self._dns_generation()
-        deadline = time.monotonic() + timeout
-        for p in self._dns_pods():
-            while True:
-                out = self.runner.run(["dig", "+short", "+tries=1", "+time=1", f"@{p['ip']}",
-                                       "SOA", clusterdns.ZONE], naming.node_netns(p["node"]),
-                                      check=False, record=False).stdout.split()
-                if len(out) >= 3 and out[2].isdigit() and int(out[2]) >= want:
-                    break
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.02)
-        return True
-
-    def _start_programs(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+    def _start_programs(self, dns_pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Start the server of every coredns pod that has none running (a kubelet restarting
         a container); returns the pods started."""
         started = []
-        for p in self._dns_pods(state):
+        for p in dns_pods:
             inode = kernel.netns_inode(p["netns"])
             if inode is None or kernel.pids_in_netns({inode}):
                 continue
@@ -589,15 +587,10 @@ class Cluster:
                     "--snapshot", str(d / "cluster.json")]
             self.runner.note(["start", "coredns", "in", name, *argv], p["netns"],
                              source="lab_kit")
-            env = dict(os.environ)
-            env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + (
-                os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            with open(d / f"{name}.log", "ab") as log:
-                # `ip netns exec` (not nsenter): the server sees the pod's /etc/resolv.conf,
-                # which names the upstream it forwards to
-                subprocess.run(["ip", "netns", "exec", p["netns"], "setsid", "-f", *argv],
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                               close_fds=True, check=True, timeout=10)
+            # `ip netns exec` (not nsenter): the server sees the pod's /etc/resolv.conf,
+            # which names the upstream it forwards to
+            _daemon(["ip", "netns", "exec", p["netns"], "setsid", "-f", *argv],
+                    d / f"{name}.log")
             started.append(p)
         return started
 
@@ -616,9 +609,7 @@ class Cluster:
 
     def _write_pod_resolv(self, pod: model.Pod, net: str) -> None:
         """kubelet's resolv.conf for the pod, where `ip netns exec` binds it over /etc."""
-        node = clusterdns.parse_resolv_conf(clusterdns.node_resolv_conf(
-            config.EXTERNAL_IP).text())
-        conf = clusterdns.resolv_conf(pod, self.dns_ip, node)
+        conf = clusterdns.resolv_conf(pod, self.dns_ip, NODE_RESOLV)
         etc = Path("/etc/netns") / net
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(conf.text())
@@ -938,18 +929,19 @@ class Cluster:
             _warn_neighbour_limit(len(state["pods"]))
             for node in {p["node"] for p in state["pods"].values()} | set(creates):
                 self._sync_agnhost(node)  # also restarts a server that died since last time
-            self._publish_dns(state)
-            started = self._start_programs(state)
             # a plan that only deleted pods was synced in full before the deletions
             deletions_only = not (creates or plan.services or plan.delete_services
                                   or plan.relabel)
             if sync and not (plan.delete_pods and deletions_only):
                 if plan.services or plan.delete_services:
                     say("kube-proxy: syncing Service rules on every node")
-                self._sync_services(state)
-            if started and plan.create_pods:
+                self._sync_services(state)  # publishes the objects to cluster DNS too
+            elif not sync:
+                self._publish_dns(state)  # no Service to sync, but pods have DNS records
+            dns_pods = self._dns_pods(state)
+            if self._start_programs(dns_pods):
                 self.wait_dns()
-            elif self._dns_pods(state):
+            elif dns_pods:
                 # every coredns replica answers from this apply's objects before it returns
                 self.wait_dns_synced()
         except BaseException:
@@ -966,7 +958,7 @@ class Cluster:
                 with contextlib.suppress(LabError, OSError):
                     self._sync_services(state)  # the rules of the state before this apply
             with contextlib.suppress(OSError):
-                self._publish_dns(state)
+                self._publish_dns(state)  # also when that sync failed half-way
             raise
         finally:
             self.store.save(state)
@@ -1603,6 +1595,18 @@ def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, po
 
 
 # --- teardown --------------------------------------------------------------------------------
+
+def _daemon(argv: list[str], log: Path) -> None:
+    """Start a lab server (`argv` ends in `setsid -f python -m lab_kit.…`) with lab_kit on its
+    path. `setsid -f` forks: the server is a daemon re-parented to init, not a child of this
+    (possibly long-lived notebook) process that would linger as a zombie after `down`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log, "ab") as out:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                       close_fds=True, check=True, timeout=10)
+
 
 def kill_netns_processes(netns: list[str]) -> None:
     inodes = {i for i in (kernel.netns_inode(n) for n in netns) if i is not None}

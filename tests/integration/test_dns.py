@@ -375,7 +375,7 @@ def test_metrics_count_queries_by_type_and_result(cluster: Cluster) -> None:
         line = f'labkit_dns_queries_total{{type="{qtype}",rcode="{rcode}"}} '
         return sum(int(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(line))
 
-    pods = [p["spec"]["name"] for p in cluster._dns_pods()]
+    pods = [p.name for p in cluster.dns_pods()]
     before = [cluster.dns_metrics(p) for p in pods]
     asks = [{"proto": "udp", "name": f"nope{i}.x.svc.{ZONE}.", "type": "TXT",
              "server": cluster.dns_ip} for i in range(6)]
@@ -420,31 +420,30 @@ print("sent")
 
 def _server_pids(cluster: Cluster) -> dict[str, list[int]]:
     out = {}
-    for p in cluster._dns_pods():
-        inode = kernel.netns_inode(p["netns"])
-        out[p["spec"]["name"]] = sorted(kernel.pids_in_netns({inode})) if inode else []
+    for p in cluster.dns_pods():
+        inode = kernel.netns_inode(p.netns)
+        out[p.name] = sorted(kernel.pids_in_netns({inode})) if inode else []
     return out
 
 
 def test_fuzz_never_crashes_the_server(cluster: Cluster) -> None:
     pids = _server_pids(cluster)
     assert all(pids.values()), pids
-    targets = [p["ip"] for p in cluster._dns_pods()] + [cluster.dns_ip]
+    targets = [p.ip for p in cluster.dns_pods()] + [cluster.dns_ip]
     for seed, ip in enumerate(targets):
         done = subprocess.run(["ip", "netns", "exec", cluster.pod("x/c").netns, sys.executable,
                                "-c", FUZZ_SCRIPT, ip, str(seed)], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, done.stderr
     assert _server_pids(cluster) == pids  # the same processes: nothing crashed or restarted
-    for p in cluster._dns_pods():  # and each still answers both transports
+    for p in cluster.dns_pods():  # and each still answers both transports
         got = query_all(cluster, "x/c", [
-            {"proto": proto, "name": f"s-x-a.x.svc.{ZONE}.", "type": "A", "server": p["ip"]}
+            {"proto": proto, "name": f"s-x-a.x.svc.{ZONE}.", "type": "A", "server": p.ip}
             for proto in ("udp", "tcp")])
         assert [r["answer"][0][3] for r in got] == [
             cluster.service("s-x-a", "x")["spec"]["clusterIP"]] * 2
     assert "Traceback" not in "".join(
-        (cluster._dns_dir / f"{p['spec']['name']}.log").read_text()
-        for p in cluster._dns_pods())
+        (cluster._dns_dir / f"{p.name}.log").read_text() for p in cluster.dns_pods())
 
 
 # --- teardown -------------------------------------------------------------------------------------

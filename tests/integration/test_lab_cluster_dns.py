@@ -228,7 +228,7 @@ def test_fix_dns_half_repairs_are_named(lab):
     expect_fail(lab, "fix-dns", ["still does not", "web.default.shop.svc.cluster.local."],
                 ("svc.cluster.local",))
     # a coredns pod's own address: works, but is not the Service
-    dns_pod = next(p for p in lab.c.pods("kube-system") if p.name.startswith("coredns-"))
+    dns_pod = lab.c.dns_pods()[0]
     lab.checkout(dnsConfig={"nameservers": [dns_pod.ip],
                             "searches": ["shop.svc.cluster.local", "svc.cluster.local",
                                          "cluster.local"],
