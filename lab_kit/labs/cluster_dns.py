@@ -1,11 +1,12 @@
 """Checks of `labs/10-cluster-dns.ipynb`: names for Services and pods, and what they cost.
 
 The lab's cluster `dns` (labs/clusters/dns.yaml: a control plane and two workers, VXLAN,
-kube-proxy in iptables mode) runs cluster DNS like every lab cluster: two `coredns` pods in
-kube-system on dns-control-plane behind the Service `kube-dns` (10.96.0.10), forwarding names
-outside `cluster.local` to dnsmasq on the `external` host. `labs/manifests/dns-apps.yaml` makes
-a Deployment and Service `web` and a pod `client` (on dns-worker2) in `default`, and a
-Deployment and Service `api` in namespace `backend`. In order, the learner:
+kube-proxy in iptables mode) turns on the cluster DNS add-on (`clusterDNS: true`): two
+`coredns` pods in kube-system on dns-control-plane behind the Service `kube-dns` (10.96.0.10),
+forwarding names outside `cluster.local` to dnsmasq on the `external` host.
+`labs/manifests/dns-apps.yaml` makes a Deployment and Service `web` and a pod `client` (on
+dns-worker2) in `default`, and a Deployment and Service `api` in namespace `backend`. In
+order, the learner:
 
 1. finds the shortest name under which `client` reaches backend's `api`, and the search domain
    that completes it (`search-path`); the check resolves the answer inside `client` with the C
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from lab_kit.cluster import Cluster, Table
 
 __all__ = ["LAB", "DigResult", "counter_changes", "dig", "dns_counters", "dns_path", "dns_queries",
-           "getent", "lookup_queries", "resolv_conf_of", "wait_dns_synced"]
+           "getent", "lookup_queries", "resolv_conf_of"]
 
 LAB = Lab("10-cluster-dns", "Cluster DNS: names for Services and pods", "dns")
 
@@ -181,12 +182,6 @@ def expansions(name: str, conf: clusterdns.ResolvConf) -> list[str]:
     return [*searched, absolute]
 
 
-def wait_dns_synced(c: Cluster, timeout: float = 3.0) -> bool:
-    """Wait until every coredns pod serves the cluster's latest objects (see
-    `Cluster.wait_dns_synced`)."""
-    return c.wait_dns_synced(timeout)
-
-
 # --- evidence: the queries on the wire ------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -268,7 +263,12 @@ def pod_views(ctx: Context, namespace: str | None = None) -> list[PodView]:
 
 
 def _pod(ctx: Context, name: str, namespace: str = NAMESPACE) -> PodView | None:
-    return next((p for p in pod_views(ctx, namespace) if p.name == name and p.ip), None)
+    """One pod, with the address on its eth0 (None: not running, or no address)."""
+    p = next((p for p in ctx.cluster.pods(namespace) if p.name == name), None)
+    if p is None or not is_netns(ctx, p.netns):
+        return None
+    ip = ipv4_of(ctx, p.netns, "eth0")
+    return PodView(p.namespace, p.name, p.node, p.netns, ip, p.owner) if ip else None
 
 
 def _service(ctx: Context, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
@@ -298,15 +298,15 @@ def _whose(ctx: Context, ip: str) -> str:
     return "nothing in the cluster"
 
 
-def _client_missing(ctx: Context) -> Verdict | None:
-    """The notebook's setup is there: the client pod, with an address. Then, before a check
-    asks any question, cluster DNS has caught up with the last change."""
-    if _pod(ctx, CLIENT) is None:
+def _client(ctx: Context) -> PodView | Verdict:
+    """The notebook's setup is there: the client pod, with an address (or why not). Cluster
+    DNS has every change already: `apply` returns once each coredns replica serves it."""
+    client = _pod(ctx, CLIENT)
+    if client is None:
         return failed(f"pod `{CLIENT}` is not running",
                       hint=f'run the notebook\'s setup cells: c.apply("{APPS_MANIFEST}")',
                       expected=f"pod {CLIENT} with an address", actual="missing")
-    wait_dns_synced(ctx.cluster)
-    return None
+    return client
 
 
 def _in_zone(name: str) -> str:
@@ -318,16 +318,14 @@ def _in_zone(name: str) -> str:
 @LAB.check("search-path", "You found the shortest name of backend's api that works from client, "
                           "and the search domain that completes it")
 def check_search_path(ctx: Context) -> Verdict:
-    missing = _client_missing(ctx)
-    if missing:
-        return missing
+    client = _client(ctx)
+    if isinstance(client, Verdict):
+        return client
     api_ip = _cluster_ip(ctx, API, API_NS)
     if api_ip is None:
         return failed(f"there is no Service `{API}` in namespace `{API_NS}`",
                       hint=f'run the notebook\'s setup cells: c.apply("{APPS_MANIFEST}")',
                       expected=f"Service {API_NS}/{API}", actual="none")
-    client = _pod(ctx, CLIENT)
-    assert client
     conf = resolv_conf_of(client.netns)
     if conf is None or not conf.searches:
         return failed(f"{CLIENT}'s /etc/resolv.conf has no search list",
@@ -428,11 +426,9 @@ def _srv_targets(r: DigResult) -> list[tuple[int, str]]:
 @LAB.check("headless", "The headless Service db gives each db pod a name, and SRV records for "
                        "its port postgres")
 def check_headless(ctx: Context) -> Verdict:
-    missing = _client_missing(ctx)
-    if missing:
-        return missing
-    client = _pod(ctx, CLIENT)
-    assert client
+    client = _client(ctx)
+    if isinstance(client, Verdict):
+        return client
     pods = {n: _pod(ctx, n) for n in DB_PODS}
     absent = [n for n, p in pods.items() if p is None]
     if absent:
@@ -544,11 +540,9 @@ def _judge_count(name: str, answer: int, queries: list[Query], relative: bool,
 @LAB.check("count-queries", "You counted the DNS queries of one lookup of www.example.com, "
                             "with and without the trailing dot")
 def check_count_queries(ctx: Context) -> Verdict:
-    missing = _client_missing(ctx)
-    if missing:
-        return missing
-    client = _pod(ctx, CLIENT)
-    assert client
+    client = _client(ctx)
+    if isinstance(client, Verdict):
+        return client
     rel = whole_number_answer(ctx, "queries_relative", _count_hint(True))
     if isinstance(rel, Verdict):
         return rel
@@ -584,9 +578,9 @@ def check_count_queries(ctx: Context) -> Verdict:
 @LAB.check("ndots", f"Pod {NDOTS_POD} looks up external names in one query per record type, and "
                     "short names still work")
 def check_ndots(ctx: Context) -> Verdict:
-    missing = _client_missing(ctx)
-    if missing:
-        return missing
+    client = _client(ctx)
+    if isinstance(client, Verdict):
+        return client
     dns_ip = ctx.cluster.dns_ip
     make = (f"apply a pod `{NDOTS_POD}` (the client pod's manifest with another name) whose "
             "spec adds dnsConfig: {options: [{name: ndots, value: \"1\"}]}, keeping the default "
@@ -642,8 +636,6 @@ def check_ndots(ctx: Context) -> Verdict:
         return failed(f"the short name `{WEB}` does not resolve in {NDOTS_POD} "
                       f"({', '.join(got) or 'nothing'})", hint=keep,
                       expected=f"{web_ip} (Service {WEB})", actual=", ".join(got) or "nothing")
-    client = _pod(ctx, CLIENT)
-    assert client
     base, _ = lookup_queries(c, client.netns, CLIENT, lookup)
     return passed(f"{NDOTS_POD} has ndots:{n}: `{' '.join(lookup)}` (getaddrinfo, as curl and "
                   f"most apps resolve) sends {len(ext)} queries "
@@ -662,7 +654,7 @@ def _checkout_pods(ctx: Context) -> list[PodView]:
 def _nameserver_problem(ctx: Context, pod: PodView, conf: clusterdns.ResolvConf, fix: str
                         ) -> Verdict | None:
     dns_ip = ctx.cluster.dns_ip
-    dns_pods = {p.ip for p in pod_views(ctx, "kube-system") if p.ip}
+    dns_pods = {p.ip for p in ctx.cluster.dns_pods()}
     servers = list(conf.nameservers)
     if not servers:
         return failed(f"{pod.name}'s /etc/resolv.conf has no nameserver", hint=fix,
@@ -693,9 +685,9 @@ def _nameserver_problem(ctx: Context, pod: PodView, conf: clusterdns.ResolvConf,
 @LAB.check("fix-dns", "The checkout app in namespace shop resolves web.default and "
                       "api.example.com, and reaches web")
 def check_fix_dns(ctx: Context) -> Verdict:
-    missing = _client_missing(ctx)
-    if missing:
-        return missing
+    client = _client(ctx)
+    if isinstance(client, Verdict):
+        return client
     fix = (f"a pod's resolv.conf comes from its dnsPolicy and dnsConfig: fix them in the "
            f"Deployment's pod template (load {CHECKOUT_MANIFEST} with yaml.safe_load_all, edit "
            "spec.template.spec in Python, c.apply([deployment]); the pod is replaced)")
@@ -705,7 +697,7 @@ def check_fix_dns(ctx: Context) -> Verdict:
                       hint=f'the notebook applied {CHECKOUT_MANIFEST} first; {fix}',
                       expected=f"a {CHECKOUT} pod", actual="none")
     web_ip = _cluster_ip(ctx, WEB)
-    web_pods = {p.name for p in pod_views(ctx, NAMESPACE) if p.owner == f"Deployment/{WEB}"}
+    web_pods = {p.name for p in ctx.cluster.pods(NAMESPACE) if p.owner == f"Deployment/{WEB}"}
     if web_ip is None:
         return failed(f"there is no Service `{WEB}` in `{NAMESPACE}`",
                       hint=f'c.apply("{APPS_MANIFEST}") makes it',
@@ -761,9 +753,7 @@ def dns_counters(c: Cluster, names: Iterable[str] = ("coredns_dns_requests_total
     on every series, are left out."""
     want = tuple(names)
     total: dict[str, float] = {}
-    for p in c.pods("kube-system"):
-        if not p.name.startswith("coredns-"):
-            continue
+    for p in c.dns_pods():
         for line in c.dns_metrics(p.name).splitlines():
             if not line or line.startswith("#"):
                 continue
@@ -815,7 +805,7 @@ def dns_path(c: Cluster, pod: str = CLIENT, namespace: str = NAMESPACE) -> graph
     nat = tables.get("nat", {})
     dispatch = next((r for r in nat.get("KUBE-SERVICES", []) if server and r.dst == server
                      and r.dport == 53 and r.opt("-p") == "udp"), None)
-    coredns = {p.ip: p for p in c.pods("kube-system") if p.name.startswith("coredns-")}
+    coredns = {p.ip: p for p in c.dns_pods()}
     if dispatch is None:
         g.node("nowhere", f"{server or 'no nameserver'}:53\nno kube-proxy rule on "
                f"{shell.node} matches it", fillcolor="#ffebe9")
