@@ -496,7 +496,7 @@ class Cluster:
         argv = ["dnsmasq", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                 f"--addn-hosts={hosts}", "--local=/#/", f"--listen-address={config.EXTERNAL_IP}",
                 "--bind-interfaces", "--user=root", f"--pid-file={d / 'dnsmasq.pid'}",
-                "--log-queries", f"--log-facility={d / 'dnsmasq.log'}"]
+                f"--log-facility={d / 'dnsmasq.log'}"]  # start-up and errors; no query log
         self.runner.run(argv, naming.external_netns(conf.name), source="lab_kit")
 
     def _deploy_dns(self, conf: config.ClusterConfig, say: Progress) -> None:
