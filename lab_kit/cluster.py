@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import ipaddress
 import json
@@ -42,10 +43,12 @@ from lab_kit import (
     kubeproxy,
     model,
     naming,
+    netpol,
     services,
 )
 from lab_kit.errors import ConfigError, LabError, NotRunningError
 from lab_kit.kernel import Journal, Runner
+from lab_kit.reachability import Reachability
 from lab_kit.state import Store, list_clusters, state_root
 
 SOCKET_ROOT = Path("/run/lab_kit-sock")
@@ -864,10 +867,12 @@ class Cluster:
         state = self.state
         state.setdefault("services", {})
         state.setdefault("endpointslices", {})
+        state.setdefault("networkpolicies", {})
         backup = {k: copy.deepcopy(state[k]) for k in ("namespaces", "deployments", "services",
-                                                       "endpointslices")}
+                                                       "endpointslices", "networkpolicies")}
         backup_labels = {k: state["pods"][k]["spec"]["labels"] for k in plan.relabel}
         had_services = bool(state["services"])
+        had_policies = bool(state["networkpolicies"])
         state["namespaces"].update(plan.namespaces)
         for key in plan.delete_namespaces:
             state["namespaces"].pop(key, None)
@@ -879,7 +884,11 @@ class Cluster:
             state["services"].pop(key, None)
         for key, labels in plan.relabel.items():
             state["pods"][key]["spec"]["labels"] = labels
+        state["networkpolicies"].update(plan.policies)
+        for key in plan.delete_policies:
+            state["networkpolicies"].pop(key, None)
         sync = had_services or bool(state["services"])
+        policies = had_policies or bool(state["networkpolicies"])
 
         def restore_objects() -> None:  # the objects of a failed apply are not recorded
             state.update(backup)
@@ -938,6 +947,10 @@ class Cluster:
                 self._sync_services(state)  # publishes the objects to cluster DNS too
             elif not sync:
                 self._publish_dns(state)  # no Service to sync, but pods have DNS records
+            if policies:
+                if plan.policies or plan.delete_policies:
+                    say("network policy: syncing filter rules on every node")
+                self._sync_policies(state)
             dns_pods = self._dns_pods(state)
             if self._start_programs(dns_pods):
                 self.wait_dns()
@@ -957,6 +970,9 @@ class Cluster:
             if sync:
                 with contextlib.suppress(LabError, OSError):
                     self._sync_services(state)  # the rules of the state before this apply
+            if policies:
+                with contextlib.suppress(LabError, OSError):
+                    self._sync_policies(state)
             with contextlib.suppress(OSError):
                 self._publish_dns(state)  # also when that sync failed half-way
             raise
@@ -1000,6 +1016,33 @@ class Cluster:
         self._reconcile_lb_routes(services.lb_routes(conf, ports))
         state["endpointslices"] = slices
         self._publish_dns(state, exclude)
+
+    def policy_engine(self, state: dict[str, Any] | None = None) -> netpol.Engine:
+        """The NetworkPolicy engine over the stored objects: what *should* be allowed."""
+        state = state if state is not None else self.state
+        pods = [_pod_ref(p) for p in state["pods"].values()]
+        policies = [netpol.policy_from_json(p["spec"])
+                    for p in (state.get("networkpolicies") or {}).values()]
+        namespaces = {n: v.get("labels") or {} for n, v in state["namespaces"].items()}
+        return netpol.Engine(policies, pods, namespaces)
+
+    def networkpolicies(self, namespace: str | None = None) -> list[netpol.NetworkPolicy]:
+        return [netpol.policy_from_json(p["spec"])
+                for k, p in sorted((self.state.get("networkpolicies") or {}).items())
+                if namespace is None or k.split("/", 1)[0] == namespace]
+
+    def _sync_policies(self, state: dict[str, Any]) -> None:
+        """The NetworkPolicy controller: every node gets the filter rules of its own pods,
+        in one atomic load each (all removed when no policy is left)."""
+        conf = self.config
+        engine = self.policy_engine(state)
+        rules_dir = self.store.dir / "network-policy"
+
+        def one(n: config.NodeConfig) -> None:
+            rules = netpol.node_rules(engine, n.name) if engine.policies else None
+            netpol.sync_node(self.runner, conf.kube_proxy_mode, rules,
+                             naming.node_netns(n.name), rules_dir)
+        _parallel(conf.nodes, one)
 
     def _reconcile_lb_routes(self, want: dict[str, list[str]]) -> None:
         """Routes on the `external` host to each load-balancer IP via the nodes announcing it
@@ -1148,6 +1191,39 @@ class Cluster:
             port = self._default_port(dst, protocol)
         return probe_socket(src_label, src_ns, dst_label, ip, port, protocol, path, timeout)
 
+    def probe_matrix(self, pods: Iterable[str] | None = None, port: int = 80,
+                     protocol: str = "TCP", timeout: float = 1.0) -> dict[str, dict[str, bool]]:
+        """Reachability from every pod to every pod (`ns/name` keys; default: every pod outside
+        kube-system) on `port`/`protocol`, measured with real connections, all at once:
+        `{from: {to: connected}}` like the upstream e2e suite's truth table."""
+        infos = {p.key: p for p in self.pods(include_system=True)}
+        keys = list(pods) if pods is not None else [p.key for p in self.pods()]
+        for k in keys:
+            if k not in infos:
+                raise LabError(f"pod `{k}` not found; pods: {', '.join(infos) or 'none'}")
+        jobs = [(infos[a].netns, infos[b].ip) for a in keys for b in keys]
+        results = probe_many(jobs, port, protocol.upper(), timeout)
+        it = iter(results)
+        return {a: {b: next(it) for b in keys} for a in keys}
+
+    def reachability(self, port: int = 80, protocol: str = "TCP",
+                     pods: Iterable[str] | None = None, timeout: float = 1.0,
+                     expected: bool = True) -> Reachability:
+        """The measured matrix (`probe_matrix`) beside the policy engine's expectation: shown as
+        a coloured grid in a notebook, as the e2e suite's text table in a terminal."""
+        t0 = time.perf_counter()
+        measured = self.probe_matrix(pods, port, protocol, timeout)
+        seconds = time.perf_counter() - t0
+        if not expected:
+            return Reachability(measured, None, port, protocol.upper(), seconds)
+        engine = self.policy_engine()
+        by_key = {p.key: p for p in engine.pods}
+        verdicts = {(a, b): engine.verdict(by_key[a], by_key[b], port, protocol.upper())
+                    for a in measured for b in measured}
+        exp = {a: {b: verdicts[(a, b)].allowed for b in measured} for a in measured}
+        return Reachability(measured, exp, port, protocol.upper(), seconds,
+                            {k: v.reason for k, v in verdicts.items()})
+
     def _default_port(self, dst: str, protocol: str) -> int:
         try:
             spec = model.pod_from_json(self.state["pods"][self.pod(dst).info.key]["spec"])
@@ -1270,6 +1346,17 @@ def _preflight(conf: config.ClusterConfig) -> None:
                           fix="run scripts/setup.sh (it installs Debian's bird2)")
 
 
+def _pod_ref(p: dict[str, Any]) -> netpol.PodRef:
+    """A stored pod as the policy engine sees it (named ports, host-side veth)."""
+    spec = p["spec"]
+    ports = tuple((x["name"], x["protocol"], x["port"]) for c in spec["containers"]
+                  for x in c.get("ports") or () if x.get("name"))
+    iface = next((i["name"] for i in (p.get("cniResult") or {}).get("interfaces", [])
+                  if not i.get("sandbox") and i.get("name", "").startswith("veth")), "")
+    return netpol.PodRef(spec["namespace"], spec["name"], p["ip"], dict(spec.get("labels") or {}),
+                         ports, p["node"], iface)
+
+
 def _pod_info(p: dict[str, Any]) -> PodInfo:
     spec = model.pod_from_json(p["spec"])
     tcp, udp = spec.serve_ports()
@@ -1303,6 +1390,8 @@ class Plan:
     relabel: dict[str, dict[str, str]] = field(default_factory=dict)
     services: dict[str, Any] = field(default_factory=dict)
     delete_services: list[str] = field(default_factory=list)
+    policies: dict[str, Any] = field(default_factory=dict)
+    delete_policies: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
 
@@ -1390,6 +1479,15 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
             verb = "created" if old is None else (
                 "unchanged" if old["spec"] == spec else "configured")
             plan.messages.append(f"service/{o.name} {verb}")
+        elif isinstance(o, netpol.NetworkPolicy):
+            stored = state.get("networkpolicies") or {}
+            old = stored.get(o.key)
+            spec = netpol.policy_to_json(o)
+            plan.policies[o.key] = {"spec": spec,
+                                    "created": old["created"] if old else time.time()}
+            verb = "created" if old is None else (
+                "unchanged" if old["spec"] == spec else "configured")
+            plan.messages.append(f"networkpolicy.networking.k8s.io/{o.name} {verb}")
         elif isinstance(o, model.Deployment):
             old = state["deployments"].get(o.key)
             plan.deployments[o.key] = model.deployment_to_json(o)
@@ -1438,6 +1536,12 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'service "{o.name}" deleted')
             else:
                 plan.messages.append(f'service "{o.name}" not found')
+        elif isinstance(o, netpol.NetworkPolicy):
+            if o.key in (state.get("networkpolicies") or {}):
+                plan.delete_policies.append(o.key)
+                plan.messages.append(f'networkpolicy.networking.k8s.io "{o.name}" deleted')
+            else:
+                plan.messages.append(f'networkpolicy.networking.k8s.io "{o.name}" not found')
         elif isinstance(o, model.Namespace):
             if o.name in model.SYSTEM_NAMESPACES:
                 raise ConfigError(f"namespace {o.name!r} is a system namespace and cannot be "
@@ -1449,6 +1553,8 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                                             if k.startswith(o.name + "/")]
                 plan.delete_pods += [k for k in state["pods"] if k.startswith(o.name + "/")]
                 plan.delete_services += [k for k in state.get("services") or {}
+                                         if k.startswith(o.name + "/")]
+                plan.delete_policies += [k for k in state.get("networkpolicies") or {}
                                          if k.startswith(o.name + "/")]
                 plan.messages.append(f'namespace "{o.name}" deleted')
     plan.delete_pods = sorted(set(plan.delete_pods))
@@ -1592,6 +1698,77 @@ def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, po
         return ProbeResult(**base, ok=False, error=e.strerror or str(e),
                            ms=(time.perf_counter() - t0) * 1000)
     return ProbeResult(**base, ok=True, reply=reply, ms=(time.perf_counter() - t0) * 1000)
+
+
+def probe_many(jobs: list[tuple[str | None, str]], port: int, protocol: str,
+               timeout: float = 1.0) -> list[bool]:
+    """Many real connections at once, from one thread: each job is (source netns, destination
+    IP). TCP: connect, `GET /hostname`, an HTTP 2xx reply; UDP: agnhost's `hostname`, any
+    reply. A connection still unanswered after `timeout` seconds counts as blocked (a policy
+    drops packets, so a blocked one never answers)."""
+    import selectors
+    if protocol not in ("TCP", "UDP"):
+        raise LabError(f"protocol {protocol!r}: use TCP or UDP")
+    kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
+    socks: list[socket.socket | None] = [None] * len(jobs)
+    by_ns: dict[str | None, list[int]] = {}
+    for i, (ns, _) in enumerate(jobs):
+        by_ns.setdefault(ns, []).append(i)
+    for ns, idx in by_ns.items():  # one setns per source, not per socket
+        ctx = kernel.in_netns(ns) if ns else contextlib.nullcontext()
+        with ctx:
+            for i in idx:
+                socks[i] = socket.socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK)
+    ok = [False] * len(jobs)
+    buf: dict[int, bytes] = {}
+    sel = selectors.DefaultSelector()
+    try:
+        for i, (_, ip) in enumerate(jobs):
+            s = socks[i]
+            assert s is not None
+            if protocol == "UDP":
+                try:
+                    s.connect((ip, port))
+                    s.send(b"hostname")
+                except OSError:
+                    continue
+                sel.register(s, selectors.EVENT_READ, i)
+            else:
+                if s.connect_ex((ip, port)) not in (0, errno.EINPROGRESS):
+                    continue
+                sel.register(s, selectors.EVENT_WRITE, i)
+        deadline = time.monotonic() + timeout
+        while sel.get_map() and (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                s, i = key.fileobj, key.data
+                assert isinstance(s, socket.socket)
+                try:
+                    if protocol == "UDP":
+                        ok[i] = bool(s.recv(65535))
+                        sel.unregister(s)
+                    elif key.events == selectors.EVENT_WRITE:
+                        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                            sel.unregister(s)
+                            continue
+                        s.send(f"GET /hostname HTTP/1.0\r\nHost: {jobs[i][1]}\r\n\r\n"
+                               .encode())
+                        sel.modify(s, selectors.EVENT_READ, i)
+                        buf[i] = b""
+                    else:
+                        chunk = s.recv(65536)
+                        buf[i] += chunk
+                        if not chunk:
+                            status = buf[i].split(b" ", 2)[1:2]
+                            ok[i] = bool(status) and status[0].startswith(b"2")
+                            sel.unregister(s)
+                except OSError:
+                    sel.unregister(s)
+    finally:
+        sel.close()
+        for s in socks:
+            if s is not None:
+                s.close()
+    return ok
 
 
 # --- teardown --------------------------------------------------------------------------------

@@ -19,12 +19,13 @@ import yaml
 
 from lab_kit import naming
 from lab_kit.errors import ConfigError
+from lab_kit.netpol import NetworkPolicy, parse_policy
 
 KUBE_VERSION = "1.33"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 ADDON_NAMESPACES = ("kube-system",)  # the cluster's own pods (CoreDNS): left out of listings
 SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment"),
-                   ("v1", "Service")}
+                   ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy")}
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
 MAX_AFFINITY_SECONDS = 86400
 DEFAULT_AFFINITY_SECONDS = 10800
@@ -189,7 +190,7 @@ class Service:
         return self.type in ("NodePort", "LoadBalancer")
 
 
-Object = Pod | Deployment | Namespace | Service
+Object = Pod | Deployment | Namespace | Service | NetworkPolicy
 
 
 @dataclass(frozen=True)
@@ -464,6 +465,8 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
         return _pod_from_spec(ns, name, _labels(meta), doc["spec"], src, obj, "spec.")
     if kind == "Service":
         return _service(ns, name, _labels(meta), doc.get("spec") or {}, src, obj)
+    if kind == "NetworkPolicy":
+        return parse_policy(ns, name, _labels(meta), doc.get("spec"), file=src.file)
     # Deployment
     spec = doc["spec"]
     replicas = int(spec.get("replicas", 1))
