@@ -5,6 +5,8 @@
     lab-kit get pods -o wide
     lab-kit exec web-… -- ip route
     lab-kit probe web-a web-b:8080
+    lab-kit probe --matrix --port 80 --protocol TCP -o json   # every pod pair, real probes
+    lab-kit get netpol -A
     lab-kit node add            # join a worker; `lab-kit node remove NAME` takes one away
     lab-kit birdc lab-worker show route
     lab-kit capture lab-worker2 -i eth0 udp port 8472 --probe web-a web-b:8080
@@ -168,8 +170,19 @@ def cmd_get(args: argparse.Namespace) -> int:
                             if ns is None or k.startswith(ns + "/")]
             else:
                 print(c.get_services(ns) if svc else c.get_endpointslices(ns))
+        elif kind in ("networkpolicies", "networkpolicy", "netpol"):
+            ns = None if args.all_namespaces else (args.namespace or "default")
+            stored = _stored_policies(c, ns, args.names)
+            if args.output in ("json", "yaml"):
+                out += [_policy_object(v) for v in stored]
+            elif stored:
+                print(_policy_table(stored, ns))
+            else:
+                print("No resources found" + (f" in {ns} namespace." if ns else "."),
+                      file=sys.stderr)
         else:
-            raise LabError(f"cannot get {kind!r} yet: try pods, nodes, svc or endpointslices")
+            raise LabError(f"cannot get {kind!r} yet: try pods, nodes, svc, endpointslices "
+                           "or networkpolicies")
     if args.output == "json":
         print(json.dumps(out, indent=2, default=list))
     elif args.output == "yaml":
@@ -178,6 +191,79 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(yaml.safe_dump_all(json.loads(json.dumps(out, default=list)), sort_keys=False),
               end="")
     return 0
+
+
+def _stored_policies(c, namespace: str | None, names: list[str]) -> list[dict[str, Any]]:
+    """The stored NetworkPolicies of `namespace` (None: every one), only `names` if given."""
+    items = sorted((c.state.get("networkpolicies") or {}).items())
+    found = [v for k, v in items if namespace is None or k.split("/", 1)[0] == namespace]
+    if names:
+        have = {v["spec"]["name"] for v in found}
+        for n in names:
+            if n not in have:
+                where = f" in namespace {namespace}" if namespace else ""
+                raise LabError(f'networkpolicies.networking.k8s.io "{n}" not found{where}')
+        found = [v for v in found if v["spec"]["name"] in names]
+    return found
+
+
+def _policy_object(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored NetworkPolicy as `kubectl get netpol -o yaml` shows it."""
+    import datetime
+    p = stored["spec"]
+    meta: dict[str, Any] = {"name": p["name"], "namespace": p["namespace"]}
+    if p.get("labels"):
+        meta["labels"] = p["labels"]
+    if stored.get("created"):
+        meta["creationTimestamp"] = datetime.datetime.fromtimestamp(
+            stored["created"], datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
+            "spec": p["spec"]}
+
+
+def _policy_table(stored: list[dict[str, Any]], namespace: str | None):
+    """`kubectl get networkpolicies`: NAMESPACE (with -A), NAME, POD-SELECTOR, AGE."""
+    import time
+
+    from lab_kit import netpol
+    from lab_kit.cluster import Table
+    rows = []
+    for v in stored:
+        pol = netpol.policy_from_json(v["spec"])
+        age = human_duration(time.time() - v["created"]) if v.get("created") else "<unknown>"
+        rows.append(([pol.namespace] if namespace is None else [])
+                    + [pol.name, str(pol.pod_selector), age])
+    return Table((["NAMESPACE"] if namespace is None else [])
+                 + ["NAME", "POD-SELECTOR", "AGE"], rows)
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's AGE (k8s.io/apimachinery duration.HumanDuration): 45s, 3m20s, 15m, 5h2m, 3d."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    m = s // 60
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if m < 180:
+        return f"{m}m"
+    h = m // 60
+    if h < 8:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if h < 48:
+        return f"{h}h"
+    if h < 24 * 8:
+        return f"{h // 24}d{h % 24}h" if h % 24 else f"{h // 24}d"
+    if h < 24 * 365 * 2:
+        return f"{h // 24}d"
+    if h < 24 * 365 * 8:
+        dy = (h // 24) % 365
+        return f"{h // 24 // 365}y{dy}d" if dy else f"{h // 24 // 365}y"
+    return f"{h // 24 // 365}y"
 
 
 def _target_netns(c, target: str) -> str:
@@ -203,12 +289,65 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    if args.matrix:
+        return _probe_matrix(args)
+    if args.source is None or args.to is None:
+        raise LabError("probe what? `lab-kit probe SRC DST[:PORT]`, or every pod pair with "
+                       "`lab-kit probe --matrix`")
+    if args.expected or args.namespace:
+        raise LabError("--expected and --namespace go with --matrix")
     c = _attach(args)
     dst, port = _split_port(args.to)
+    if args.port is not None:
+        if port is not None and port != args.port:
+            raise LabError(f"two ports: {args.to!r} and --port {args.port}; give one")
+        port = args.port
     r = c.probe(args.source, dst, port, protocol=args.protocol, path=args.path,
                 timeout=args.timeout)
     print(json.dumps(r.to_dict()) if args.output == "json" else r)
     return 0 if r.ok else 1
+
+
+def _probe_matrix(args: argparse.Namespace) -> int:
+    """`probe --matrix`: every ordered pod pair, measured by real connections."""
+    if args.source is not None:
+        raise LabError("--matrix probes every pod pair: drop SRC/DST, or pick namespaces "
+                       "with --namespace")
+    c = _attach(args)
+    wanted = [n for item in args.namespace or [] for n in item.split(",") if n]
+    if wanted:
+        infos = c.pods(include_system=True)
+        missing = [n for n in wanted if not any(p.namespace == n for p in infos)]
+        if missing:
+            have = sorted({p.namespace for p in infos})
+            raise LabError(f"no pods in namespace {', '.join(missing)}; namespaces with pods: "
+                           f"{', '.join(have) or 'none'}")
+        keys = [p.key for p in infos if p.namespace in wanted]
+    else:
+        keys = [p.key for p in c.pods()]
+    if not keys:
+        raise LabError("no pods to probe: apply some first, e.g. "
+                       "`lab-kit apply -f labs/manifests/netpol-xyz.yaml`")
+    port = 80 if args.port is None else args.port
+    compare = args.expected or args.output != "json"
+    r = c.reachability(port, args.protocol.upper(), pods=keys, timeout=args.timeout,
+                       expected=compare)
+    if args.output == "json":
+        print(json.dumps(r.measured))
+    else:
+        print(r)
+        if args.output == "wide":
+            blocked = r.explain("blocked")
+            if blocked:
+                print("\nthe policy engine's reason for each blocked or differing pair:")
+                print("\n".join("  " + ln for ln in blocked.splitlines()))
+    if args.expected and not r.agrees:
+        if args.output == "json":
+            _say(f"{len(r.mismatches())} pairs differ from the policy engine's expectation:")
+            for ln in r.explain("mismatches").splitlines():
+                _say(ln)
+        return 1
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -349,6 +488,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if res.all_passed else 1
 
 
+PROBE_EPILOG = """\
+with --matrix, every ordered pair of pods is probed with a real connection, all at once
+(a connection unanswered after --timeout counts as blocked):
+
+  table (default)  the upstream e2e suite's truth table: rows = from, columns = to,
+                   `.` connected, `X` blocked. Each cell is compared with what the
+                   NetworkPolicy engine expects from the objects alone; a pair whose
+                   measurement differs is shown in brackets, [X] or [.], and listed
+                   below the table with the engine's reason.
+  wide             the table, then the engine's reason for every blocked pair.
+  json             the measured matrix only: {"x/a": {"x/a": true, "x/b": false, ...}, ...}
+
+exit status: SRC DST: 0 when the connection succeeds, 1 when it fails. --matrix: 0 once the
+matrix is measured, whatever it shows; with --expected, 1 when the measured matrix differs
+from the engine's expectation (for graders' scripts).
+
+  lab-kit probe web-a web-b:8080
+  lab-kit probe --matrix --port 80 --protocol TCP
+  lab-kit probe --matrix -n x -n y --protocol UDP --port 81 -o json
+  lab-kit probe --matrix --expected -o json > matrix.json || echo "policies not enforced"
+"""
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lab-kit", description="A Kubernetes networking lab "
                                  "built from real Linux kernel objects.")
@@ -379,21 +547,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("-n", "--namespace")
     p = add("get", cmd_get, "list pods or nodes (like kubectl get -o wide)")
-    p.add_argument("kind", help="pods, nodes, svc, endpointslices, or several: svc,endpointslices")
-    p.add_argument("names", nargs="*", help="only these objects (Services)")
+    p.add_argument("kind", help="pods, nodes, svc, endpointslices, networkpolicies (netpol), "
+                   "or several: svc,endpointslices")
+    p.add_argument("names", nargs="*", help="only these objects (Services, NetworkPolicies)")
     p.add_argument("-n", "--namespace")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="wide")
     p = add("exec", cmd_exec, "run a command in a pod's, a node's or the external host's netns")
     p.add_argument("target", help="pod (name or ns/name), node name, or `external`")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS…]")
-    p = add("probe", cmd_probe, "open a real connection FROM a pod/node TO pod[:port]")
-    p.add_argument("source")
-    p.add_argument("to", help="pod, node, `external` or IP, with an optional :PORT")
+    p = add("probe", cmd_probe, "open a real connection FROM a pod/node TO pod[:port], or "
+            "every ordered pod pair at once with --matrix")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = PROBE_EPILOG
+    p.add_argument("source", nargs="?", help="pod, node or `external` (not with --matrix)")
+    p.add_argument("to", nargs="?", help="pod, node, `external` or IP, with an optional :PORT")
+    p.add_argument("--matrix", action="store_true", help="probe every ordered pod pair "
+                   "(pods outside kube-system, or those of --namespace) at once")
+    p.add_argument("--port", type=_port, help="destination port (default: the pod's first "
+                   "port; 80 with --matrix)")
     p.add_argument("--protocol", default="TCP", choices=["TCP", "UDP", "tcp", "udp"])
+    p.add_argument("-n", "--namespace", action="append", metavar="NS",
+                   help="--matrix: only the pods of NS (repeat it, or NS1,NS2)")
+    p.add_argument("--expected", action="store_true", help="--matrix: exit 1 when the "
+                   "measured matrix differs from the policy engine's expectation")
     p.add_argument("--path", default="/hostname", help="HTTP path for TCP probes")
-    p.add_argument("--timeout", type=float, default=1.0)
-    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds before an unanswered "
+                   "connection counts as blocked (default 1)")
+    p.add_argument("-o", "--output", choices=["text", "json", "table", "wide"], default="text",
+                   help="text (= table with --matrix), json, wide (--matrix: with reasons)")
     add("status", cmd_status, "show running clusters")
     p = add("journal", cmd_journal, "print every kernel command the lab ran, re-typeable")
     p.add_argument("--netns")

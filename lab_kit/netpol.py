@@ -88,12 +88,14 @@ class LabelSelector:
 
     def __str__(self) -> str:
         """kubectl's rendering: `a=b,c in (d,e)`; `<none>` for the empty selector."""
-        parts = [f"{k}={v}" for k, v in self.match_labels]
+        parts = [(k, f"{k}={v}") for k, v in self.match_labels]
         for r in self.match_expressions:
-            vals = ",".join(r.values)
-            parts.append({"In": f"{r.key} in ({vals})", "NotIn": f"{r.key} notin ({vals})",
-                          "Exists": r.key, "DoesNotExist": f"!{r.key}"}[r.operator])
-        return ",".join(parts) or "<none>"
+            vals = ",".join(sorted(r.values))
+            parts.append((r.key, {"In": f"{r.key} in ({vals})",
+                                  "NotIn": f"{r.key} notin ({vals})", "Exists": r.key,
+                                  "DoesNotExist": f"!{r.key}"}[r.operator]))
+        # kubectl sorts the requirements by key (labels.Selector.String)
+        return ",".join(text for _, text in sorted(parts, key=lambda kv: kv[0])) or "<none>"
 
 
 @dataclass(frozen=True)

@@ -249,10 +249,10 @@ def test_invalid_yaml_line_number_is_the_offending_line() -> None:
 
 
 def test_unsupported_kind() -> None:
-    e = error_of({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                  "metadata": {"name": "s"}, "spec": {"podSelector": {}}})
+    e = error_of({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                  "metadata": {"name": "s"}, "spec": {"controller": "k8s.io/ingress-nginx"}})
     assert e.field == "kind"
-    assert e.obj == "NetworkPolicy/s"
+    assert e.obj == "IngressClass/s"
     assert "not supported" in e.reason
     assert "Pod (v1)" in (e.fix or "")
 
