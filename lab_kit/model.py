@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -491,7 +490,6 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
                       template=template, labels=_labels(meta))
 
 
-IANA_SVC_NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 
 
 def _service(ns: str, name: str, labels: dict[str, str], spec: dict[str, Any], src: Source,
@@ -580,7 +578,7 @@ def _service(ns: str, name: str, labels: dict[str, str], spec: dict[str, Any], s
                 target = int(target)
                 if not 1 <= target <= 65535:
                     raise fail(f"targetPort {target} is outside 1-65535", f"{fld}.targetPort")
-            elif not IANA_SVC_NAME_RE.match(target) or "--" in target:
+            elif not naming.IANA_SVC_NAME_RE.match(target):
                 raise fail(f"{target!r} is not a valid port name (at most 15 lowercase "
                            "letters, digits and '-', with at least one letter)",
                            f"{fld}.targetPort")

@@ -20,6 +20,8 @@ CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 # RFC 1123 label (namespaces, node names) and subdomain (pod names), as Kubernetes validates them
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# a port name (IsValidPortName, RFC 6335 service names): at most 15 characters, a letter, no "--"
+IANA_SVC_NAME_RE = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 # Kubernetes' "safe" alphabet for generated names (no vowels, no 0/1/3 lookalikes)
 SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 

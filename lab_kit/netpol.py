@@ -49,7 +49,6 @@ OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 ACCEPT_MARK = 0x10000  # Felix's IptablesMarkAccept: disjoint from kube-proxy's 0x4000
 CHAIN_PREFIX = "cali-"
 NFT_TABLE = "calico"
-IANA_SVC_NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 _LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
@@ -211,9 +210,9 @@ class _Parser:
         return LabelSelector(tuple(sorted(labels)), tuple(exprs))
 
     def label_key(self, k: str, fld: str) -> None:
-        prefix, _, name = k.rpartition("/")
+        prefix, slash, name = k.rpartition("/")
         if not _LABEL_NAME_RE.match(name) or (
-                prefix and (len(prefix) > 253 or not naming.DNS_SUBDOMAIN_RE.match(prefix))):
+                slash and (len(prefix) > 253 or not naming.DNS_SUBDOMAIN_RE.match(prefix))):
             raise self.fail(f"{k!r} is not a valid label key ([prefix/]name, name at most 63 "
                             "characters)", fld)
 
@@ -260,7 +259,7 @@ class _Parser:
 
     def port(self, d: Any, fld: str) -> PolicyPort:
         d = self.mapping(d, fld)
-        proto = d.get("protocol") or "TCP"
+        proto = d.get("protocol", "TCP")
         if proto not in PROTOCOLS:
             raise self.fail(f"Unsupported value: {proto!r}", f"{fld}.protocol",
                             f"supported values: {', '.join(PROTOCOLS)}")
@@ -290,7 +289,7 @@ class _Parser:
             return PolicyPort(proto, port, end)
         if end is not None:
             raise self.fail("may not be specified when `port` is non-numeric", f"{fld}.endPort")
-        if not IANA_SVC_NAME_RE.match(port):
+        if not naming.IANA_SVC_NAME_RE.match(port):
             raise self.fail(f"{port!r} is not a valid port name (at most 15 lowercase letters, "
                             "digits and '-', with at least one letter)", f"{fld}.port")
         return PolicyPort(proto, port)
@@ -666,6 +665,9 @@ def render_iptables(rules: NodeRules, existing: Iterable[str] = (),
             else:
                 out.append(" ".join(parts + [f"-j MARK --set-xmark {mark}"]))
     stale = sorted(c for c in existing if c.startswith(CHAIN_PREFIX) and c not in set(want))
+    # a stale chain still holds rules: declaring it flushes it, so the delete can succeed
+    # (iptables-nft refuses to delete a non-empty chain: EBUSY)
+    out[1:1] = [f":{c} - [0:0]" for c in stale]
     out += [f"-X {c}" for c in stale]
     out.append("COMMIT")
     return "\n".join(out) + "\n"
