@@ -941,11 +941,15 @@ class Cluster:
             # a plan that only deleted pods was synced in full before the deletions
             deletions_only = not (creates or plan.services or plan.delete_services
                                   or plan.relabel)
-            if sync and not (plan.delete_pods and deletions_only):
+            # a plan that changes only NetworkPolicies leaves Services, endpoints and DNS
+            # records as they were: kube-proxy and cluster DNS have nothing to do
+            policies_only = bool(plan.policies or plan.delete_policies) and deletions_only \
+                and not plan.delete_pods
+            if sync and not (plan.delete_pods and deletions_only) and not policies_only:
                 if plan.services or plan.delete_services:
                     say("kube-proxy: syncing Service rules on every node")
                 self._sync_services(state)  # publishes the objects to cluster DNS too
-            elif not sync:
+            elif not sync and not policies_only:
                 self._publish_dns(state)  # no Service to sync, but pods have DNS records
             if policies:
                 if plan.policies or plan.delete_policies:
@@ -954,7 +958,7 @@ class Cluster:
             dns_pods = self._dns_pods(state)
             if self._start_programs(dns_pods):
                 self.wait_dns()
-            elif dns_pods:
+            elif dns_pods and not policies_only:
                 # every coredns replica answers from this apply's objects before it returns
                 self.wait_dns_synced()
         except BaseException:
