@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -1704,6 +1705,23 @@ def probe_socket(src_label: str, src_ns: str | None, dst_label: str, ip: str, po
     return ProbeResult(**base, ok=True, reply=reply, ms=(time.perf_counter() - t0) * 1000)
 
 
+_udp_sport = [random.randrange(20000, 60000)]
+
+
+def _bind_fresh_port(s: socket.socket) -> None:
+    """Bind a UDP probe to a source port this process has not used lately (a rotating counter
+    from a random start). The kernel's ephemeral pick may reuse a recent port, and then the
+    probe matches the conntrack entry of an earlier, allowed flow (UDP entries live 30 s) and
+    passes as ESTABLISHED, although a policy now blocks new flows."""
+    for _ in range(20):
+        _udp_sport[0] = 20000 + (_udp_sport[0] + 1 - 20000) % 40000
+        try:
+            s.bind(("0.0.0.0", _udp_sport[0]))
+            return
+        except OSError:
+            continue
+
+
 def probe_many(jobs: list[tuple[str | None, str]], port: int, protocol: str,
                timeout: float = 1.0) -> list[bool]:
     """Many real connections at once, from one thread: each job is (source netns, destination
@@ -1732,6 +1750,7 @@ def probe_many(jobs: list[tuple[str | None, str]], port: int, protocol: str,
             assert s is not None
             if protocol == "UDP":
                 try:
+                    _bind_fresh_port(s)
                     s.connect((ip, port))
                     s.send(b"hostname")
                 except OSError:

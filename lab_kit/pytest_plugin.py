@@ -48,8 +48,9 @@ class HostSnapshot:
 
     @staticmethod
     def take() -> dict[str, str]:
-        mounts = "\n".join(ln for ln in Path("/proc/self/mounts").read_text().splitlines()
-                           if "/run/netns/" in ln and "lk-" in ln)
+        # sorted: re-creating a pod moves its netns mount to the end of the list
+        mounts = "\n".join(sorted(ln for ln in Path("/proc/self/mounts").read_text().splitlines()
+                                  if "/run/netns/" in ln and "lk-" in ln))
         return {
             "links": _out(["ip", "-o", "link", "show"]),
             "addresses": _out(["ip", "-o", "addr", "show"]),
