@@ -1366,7 +1366,7 @@ def _pod_info(p: dict[str, Any]) -> PodInfo:
     spec = model.pod_from_json(p["spec"])
     tcp, udp = spec.serve_ports()
     return PodInfo(spec.namespace, spec.name, p["node"], p["ip"], p["netns"], spec.labels,
-                   tuple(tcp + udp), spec.owner)
+                   tuple(dict.fromkeys(tcp + udp)), spec.owner)
 
 
 class JournalView(list):

@@ -30,6 +30,7 @@ LABS: dict[str, str] = {
     "08-nodeport-loadbalancer": "lab_kit.labs.external_traffic",
     "09-iptables-vs-nftables": "lab_kit.labs.proxy_scale",
     "10-cluster-dns": "lab_kit.labs.cluster_dns",
+    "11-network-policies": "lab_kit.labs.network_policy",
 }
 
 
