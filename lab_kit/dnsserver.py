@@ -44,7 +44,8 @@ UDP_LIMIT = 512  # without EDNS (RFC 1035)
 MAX_UDP = 4096  # largest EDNS size the server will fill
 CACHE_MAX = 20000
 POLL_S = 0.1
-FORWARD_TIMEOUT_S = 2.0
+FORWARD_TIMEOUT_S = 3.0
+FORWARD_RETRY_S = 1.0  # resend a UDP query upstream after this long without an answer
 
 
 class Metrics:
@@ -360,23 +361,32 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     return buf
 
 
-def _exchange(server: str, data: bytes, proto: str) -> bytes:
+def _exchange(server: str, data: bytes, proto: str, port: int = 53) -> bytes:
     if proto == "tcp":
-        with socket.create_connection((server, 53), timeout=FORWARD_TIMEOUT_S) as s:
+        with socket.create_connection((server, port), timeout=FORWARD_TIMEOUT_S) as s:
             s.sendall(struct.pack("!H", len(data)) + data)
             head = _recv_exact(s, 2)
             body = _recv_exact(s, struct.unpack("!H", head)[0]) if head else None
             if body is None:
                 raise OSError("upstream closed the connection")
             return body
+    # UDP: the query is sent again after each silent second, until FORWARD_TIMEOUT_S (CoreDNS's
+    # forward plugin also keeps trying within its deadline): one lost datagram on a busy
+    # machine would otherwise be a SERVFAIL, which the pod's resolver does not retry
+    deadline = time.monotonic() + FORWARD_TIMEOUT_S
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(FORWARD_TIMEOUT_S)
-        s.connect((server, 53))
-        s.send(data)
-        while True:
-            wire = s.recv(65535)
-            if wire[:2] == data[:2]:
-                return wire
+        s.connect((server, port))
+        while (left := deadline - time.monotonic()) > 0:
+            s.send(data)
+            s.settimeout(min(left, FORWARD_RETRY_S))
+            try:
+                while True:
+                    wire = s.recv(65535)
+                    if wire[:2] == data[:2]:
+                        return wire
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"no answer from {server} in {FORWARD_TIMEOUT_S:g} s")
 
 
 def upstream_from_resolv_conf(path: str = "/etc/resolv.conf") -> str | None:

@@ -371,3 +371,32 @@ def test_an_answer_spoilt_by_a_bug_is_servfail_and_not_cached(tmp_path, monkeypa
     assert resp.rcode() == dns.rcode.SERVFAIL and s.cache["udp"] == {}
     monkeypatch.undo()
     assert answers(dns.message.from_wire(_ask_server(s, q.to_wire())[0])) == ["10.96.100.1"]
+
+
+def test_udp_forward_resends_a_query_that_got_no_answer():
+    """One lost datagram upstream is not a SERVFAIL: the query goes again after a second."""
+    import socket
+    import threading
+
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.bind(("127.0.0.1", 0))
+    upstream.settimeout(5)
+    seen = []
+
+    def serve() -> None:
+        for _ in range(2):
+            data, peer = upstream.recvfrom(512)
+            seen.append(data)
+            if len(seen) == 2:  # the first copy is "lost"
+                upstream.sendto(data[:2] + b"answer", peer)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        wire = dnsserver._exchange("127.0.0.1", b"\x12\x34query", "udp",
+                                   port=upstream.getsockname()[1])
+    finally:
+        t.join()
+        upstream.close()
+    assert wire == b"\x12\x34answer"
+    assert seen == [b"\x12\x34query"] * 2
