@@ -133,13 +133,14 @@ _SERVER_RE = re.compile(r"^;; SERVER: ([^#\s]+)", re.MULTILINE)
 
 def dig(netns: str, name: str, rtype: str = "A", server: str | None = None,
         timeout: int = 1) -> DigResult:
-    """`dig NAME RTYPE` inside a pod, with the pod's nameserver (or `server`); one try of
-    `timeout` seconds per nameserver, so a silent server costs a second, not fifteen."""
-    argv = ["dig", "+tries=1", f"+time={timeout}", "+noall", "+comments", "+answer", "+stats",
+    """`dig NAME RTYPE` inside a pod, with the pod's nameserver (or `server`); two tries of
+    `timeout` seconds per nameserver, so a silent server costs two seconds, not fifteen, and
+    one datagram lost on a busy machine is not taken for a silent server."""
+    argv = ["dig", "+tries=2", f"+time={timeout}", "+noall", "+comments", "+answer", "+stats",
             name, rtype]
     if server:
         argv.insert(1, f"@{server}")
-    r = _in_pod(netns, argv, timeout=5 + 4 * timeout)
+    r = _in_pod(netns, argv, timeout=5 + 8 * timeout)
     m = _STATUS_RE.search(r.stdout)
     srv = _SERVER_RE.search(r.stdout)
     if m is None:
