@@ -1226,8 +1226,7 @@ class Cluster:
         verdicts = {(a, b): engine.verdict(by_key[a], by_key[b], port, protocol.upper())
                     for a in measured for b in measured}
         exp = {a: {b: verdicts[(a, b)].allowed for b in measured} for a in measured}
-        return Reachability(measured, exp, port, protocol.upper(), seconds,
-                            {k: v.reason for k, v in verdicts.items()})
+        return Reachability(measured, exp, port, protocol.upper(), seconds, verdicts)
 
     def _default_port(self, dst: str, protocol: str) -> int:
         try:

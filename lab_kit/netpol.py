@@ -374,8 +374,17 @@ class PodRef:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The engine's answer for one connection. `reason` says why in one line (for a blocked
+    one, the side that blocks it); `egress` and `ingress` say what each side's policies say
+    ("" for a side not asked: the source or destination is not a pod, or egress blocked)."""
     allowed: bool
     reason: str
+    egress: str = ""
+    ingress: str = ""
+
+    def side(self, side: str) -> str:
+        """What the policies of `side` ("egress" or "ingress") say about this connection."""
+        return self.egress if side == "egress" else self.ingress
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -448,15 +457,15 @@ class Engine:
         src, dst = self._resolve(src), self._resolve(dst)
         if isinstance(src, PodRef) and isinstance(dst, PodRef) and src.key == dst.key:
             return Verdict(True, "a pod talking to itself never leaves its network namespace")
-        egress = (self._direction(src, dst, dst, port, protocol, "Egress")
-                  if isinstance(src, PodRef) else Verdict(True, "the source is not a pod"))
-        if not egress:
-            return egress
-        ingress = (self._direction(dst, src, dst, port, protocol, "Ingress")
-                   if isinstance(dst, PodRef) else Verdict(True, "the destination is not a pod"))
-        if not ingress:
-            return ingress
-        return Verdict(True, f"{egress.reason}; {ingress.reason}")
+        eg = (self._direction(src, dst, dst, port, protocol, "Egress")
+              if isinstance(src, PodRef) else Verdict(True, "the source is not a pod"))
+        if not eg:
+            return Verdict(False, eg.reason, egress=eg.reason)
+        ing = (self._direction(dst, src, dst, port, protocol, "Ingress")
+               if isinstance(dst, PodRef) else Verdict(True, "the destination is not a pod"))
+        if not ing:
+            return Verdict(False, ing.reason, egress=eg.reason, ingress=ing.reason)
+        return Verdict(True, f"{eg.reason}; {ing.reason}", egress=eg.reason, ingress=ing.reason)
 
     def allowed(self, src: Target, dst: Target, port: int, protocol: str = "TCP") -> bool:
         return self.verdict(src, dst, port, protocol).allowed

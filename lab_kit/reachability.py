@@ -18,6 +18,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab_kit.netpol import Verdict
+
 Matrix = dict[str, dict[str, bool]]
 
 # cell colours with white text: readable on JupyterLab's light and dark themes alike
@@ -47,7 +49,13 @@ class Reachability:
     port: int = 80
     protocol: str = "TCP"
     seconds: float = 0.0  # how long the probes took
-    reasons: dict[tuple[str, str], str] = field(default_factory=dict, compare=False)
+    # the policy engine's verdict for each pair, its reasons (netpol.Verdict)
+    verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict, compare=False)
+
+    def reason(self, a: str, b: str) -> str:
+        """The engine's reason for a → b ('' when it was not asked)."""
+        v = self.verdicts.get((a, b))
+        return v.reason if v is not None else ""
 
     @property
     def pods(self) -> list[str]:
@@ -81,7 +89,7 @@ class Reachability:
                 "expected": self.expected, "connected": conn, "pairs": total,
                 "seconds": round(self.seconds, 3),
                 "mismatches": [{"from": a, "to": b, "expected": e, "measured": m,
-                                "reason": self.reasons.get((a, b), "")}
+                                "reason": self.reason(a, b)}
                                for a, b, e, m in self.mismatches()]}
 
     def _groups(self) -> list[list[str]]:
@@ -116,7 +124,7 @@ class Reachability:
                 line = f"{a} -> {b}: {_word(got)}"
                 if differs:
                     line += f", expected {_word(exp)}"
-                why = self.reasons.get((a, b))
+                why = self.reason(a, b)
                 lines.append(line + (f" ({why})" if why else ""))
         return "\n".join(lines)
 
@@ -174,7 +182,7 @@ class Reachability:
             if self.expected is not None:
                 tip += (f"\nthe policy engine expects: {_word(exp)}"
                         + ("  ≠ measured" if differs else ""))
-            why = self.reasons.get((a, b))
+            why = self.reason(a, b)
             if why:
                 tip += f"\n{why}"
             style = f"background:{GREEN if got else RED};{base}"
@@ -227,7 +235,7 @@ class Reachability:
         if bad:
             note = f'<b style="color:{AMBER}">⚠</b> ' + note
         hint = ("rows: from, columns: to; hover a cell for "
-                + ("the policy engine's reason" if self.reasons else "details"))
+                + ("the policy engine's reason" if self.verdicts else "details"))
         return (f'<div style="{font}">'
                 f'<table style="border-collapse:separate;border-spacing:2px;'
                 f'margin:0">{"".join(rows)}</table>'

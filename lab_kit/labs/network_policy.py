@@ -23,7 +23,7 @@ pods `frontend`, `api` and `db`, each serving HTTP on port 80 named `http`, and 
    check probes both addresses and port 53 from frontend, and other pods' egress.
 
 Every verdict comes from real connections and lookups: the policies themselves are never read
-to decide. The policy engine's reason for a cell (`Reachability.reasons`) only words the hints,
+to decide. The policy engine's reason for a cell (`Reachability.verdicts`) only words the hints,
 and a cell where the engine and the measurement disagree is reported as such.
 
 Helpers for the notebook: `apply_and_probe` (apply YAML, show the matrix), `why` (the engine's
@@ -33,13 +33,12 @@ filter rules a pod's traffic passes on its node, with counters), `serve_internet
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from lab_kit import config, kernel, naming
+from lab_kit import config, kernel, naming, netpol
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
 
@@ -47,8 +46,8 @@ if TYPE_CHECKING:
     from lab_kit.cluster import Cluster
     from lab_kit.reachability import Reachability
 
-__all__ = ["LAB", "Cell", "apply_and_probe", "internet_log", "pod_rules", "reason_part",
-           "serve_internet", "veth_of", "why"]
+__all__ = ["LAB", "Cell", "apply_and_probe", "internet_log", "pod_rules", "serve_internet",
+           "veth_of", "why"]
 
 LAB = Lab("11-network-policies", "Network policies: who may talk to whom", "netpol")
 
@@ -211,20 +210,6 @@ def _matrix(ctx: Context, port: int = PORT, protocol: str = "TCP",
     return ctx.cluster.reachability(port, protocol, pods=list(pods))
 
 
-_REASON_RE = re.compile(r"^(?:\S+ is (?:not )?isolated for (ingress|egress)|(ingress|egress) of )")
-
-
-def reason_part(reason: str, side: str) -> str:
-    """The part of a policy engine reason about `side` ("ingress" or "egress"): an allowed
-    connection's reason names both (egress at the client; ingress at the server), a blocked
-    one names the side that blocks it. '' when the reason says nothing about `side`."""
-    for part in reason.split("; "):
-        m = _REASON_RE.match(part)
-        if m and side in (m.group(1), m.group(2)):
-            return part
-    return ""
-
-
 @dataclass(frozen=True)
 class Cell:
     """One ordered pair the check measured, against what the exercise wants."""
@@ -234,14 +219,23 @@ class Cell:
     protocol: str
     want: bool
     got: bool
-    reason: str = ""  # the policy engine's reason for its own expectation
-    engine: bool | None = None  # the engine's expectation (None: not asked)
+    verdict: netpol.Verdict | None = None  # the policy engine's, with its reasons
     focus: str = ""  # the side the exercise is about: "ingress", "egress" ("": both)
 
+    @property
+    def engine(self) -> bool | None:
+        """The engine's expectation (None: not asked)."""
+        return None if self.verdict is None else self.verdict.allowed
+
     def why(self, side: str | None = None) -> str:
-        """The engine's reason, or its part about `side` (default: the exercise's focus)."""
+        """The engine's reason: for a connection it allows, what the policies of `side` say
+        (default: the exercise's focus); for one it blocks, the side that blocks it."""
+        if self.verdict is None:
+            return ""
         side = self.focus if side is None else side
-        return (reason_part(self.reason, side) if side else "") or self.reason
+        if side and self.verdict.allowed:
+            return self.verdict.side(side) or self.verdict.reason
+        return self.verdict.reason
 
     @property
     def disagrees(self) -> bool:
@@ -275,9 +269,7 @@ def _wrong(r: Reachability, want: Want, focus: str = "") -> list[Cell]:
             w = want(a, b)
             if w is None or w == got:
                 continue
-            exp = r.expected[a][b] if r.expected is not None else None
-            out.append(Cell(a, b, r.port, r.protocol, w, got, r.reasons.get((a, b), ""), exp,
-                            focus))
+            out.append(Cell(a, b, r.port, r.protocol, w, got, r.verdicts.get((a, b)), focus))
     return out
 
 

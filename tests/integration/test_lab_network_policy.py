@@ -25,7 +25,6 @@ from lab_kit.labs.network_policy import (
     PROVIDER_IP,
     apply_and_probe,
     internet_log,
-    reason_part,
     serve_internet,
 )
 
@@ -289,15 +288,6 @@ def test_ipblock_external_mistakes_are_named(lab):
                 [f"shop/api → {OTHER_IP}:8080 is blocked", "more pods than frontend"])
     lab.solve(check)
     assert lab.one(check).passed
-
-
-def test_reason_part():
-    allowed = ("egress of x/a allowed by x/default-deny-ingress egress rule 0; x/b is not "
-               "isolated for ingress")
-    assert reason_part(allowed, "egress").startswith("egress of x/a")
-    assert reason_part(allowed, "ingress") == "x/b is not isolated for ingress"
-    blocked = "x/b is isolated for ingress by x/deny and no rule allows it"
-    assert reason_part(blocked, "ingress") == blocked and reason_part(blocked, "egress") == ""
 
 
 def test_checks_say_when_the_cluster_is_gone(lab):

@@ -92,6 +92,7 @@ class _FakeCluster:
         return [_Pod(k) for k in keys]
 
     def reachability(self, port, protocol, pods=None, timeout=1.0, expected=True):
+        from lab_kit.netpol import Verdict
         from lab_kit.reachability import Reachability
         self.calls.append({"port": port, "protocol": protocol, "pods": pods,
                            "expected": expected})
@@ -101,7 +102,8 @@ class _FakeCluster:
             src = self.expected or self.measured
             exp = {a: {b: src.get(a, {}).get(b, True) for b in pods} for a in pods}
         return Reachability(m, exp, port, protocol, 0.5,
-                            {(a, b): f"because {a}>{b}" for a in pods for b in pods})
+                            {(a, b): Verdict((exp or m)[a][b], f"because {a}>{b}")
+                             for a in pods for b in pods})
 
 
 def _matrix(deny_into: str = "x") -> dict:

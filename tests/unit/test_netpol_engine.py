@@ -937,6 +937,15 @@ def test_verdict_reasons() -> None:
     assert v and "itself" in v.reason
     assert eng.verdict(xc, xa, 80).reason.endswith("x/allow-b ingress rule 0")
     assert bool(eng.verdict(xa, ya, 80)) and not bool(eng.verdict(ya, xa, 80))
+    # each side's part, as the lab's hints word it (they were parsed out of `reason` before)
+    v = eng.verdict(xb, xa, 80)
+    assert v.egress == "x/b is not isolated for egress"
+    assert v.ingress.startswith("ingress of x/a") and v.side("ingress") == v.ingress
+    v = eng.verdict(ya, xb, 80)  # blocked at the server: the reason is its side alone
+    assert v.ingress == v.reason and "egress" not in v.reason
+    assert v.egress == "y/a is not isolated for egress"
+    v = eng.verdict(za, ya, 80)  # blocked at the client: the server's side is not asked
+    assert v.egress == v.reason and v.ingress == ""
 
 
 def test_selecting_and_matrix_subset() -> None:

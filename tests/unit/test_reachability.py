@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+from lab_kit.netpol import Verdict
 from lab_kit.reachability import AMBER, GREEN, RED, Reachability
 
 PODS = [f"{ns}/{p}" for ns in "xyz" for p in "abc"]
@@ -21,8 +22,8 @@ def with_mismatches() -> Reachability:
     expected = {a: dict(row) for a, row in measured.items()}
     expected["y/a"]["x/b"] = True   # measured blocked, the engine allows it
     expected["x/a"]["z/c"] = False  # measured connected, the engine blocks it
-    reasons = {(a, b): f"why {a}->{b}" for a in PODS for b in PODS}
-    return Reachability(measured, expected, 80, "TCP", 1.02, reasons)
+    verdicts = {(a, b): Verdict(expected[a][b], f"why {a}->{b}") for a in PODS for b in PODS}
+    return Reachability(measured, expected, 80, "TCP", 1.02, verdicts)
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -169,7 +170,8 @@ def test_html_groups_namespaces_with_a_two_level_header() -> None:
 def test_html_is_theme_neutral_and_escapes_names() -> None:
     pods = ["ns/<b>", "ns/a&b"]
     m = {a: {b: a == b for b in pods} for a in pods}
-    page = Reachability(m, m, reasons={("ns/<b>", "ns/a&b"): 'no "rule"'})._repr_html_()
+    page = Reachability(m, m, verdicts={("ns/<b>", "ns/a&b"): Verdict(False, 'no "rule"')}
+                        )._repr_html_()
     assert "<b>" not in page.replace("<b>TCP/80</b>", "")
     assert "&lt;b&gt;" in page and "a&amp;b" in page and "&quot;rule&quot;" in page
     # cells carry their own background and white text; headers inherit the theme's colour
