@@ -41,11 +41,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import random
-import selectors
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -288,42 +285,6 @@ def describe(docs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{k} {v}" for k, v in has.items())
 
 
-# --- probes -----------------------------------------------------------------------------------
-
-def connect_many(jobs: list[tuple[str, str, int]], timeout: float) -> list[bool]:
-    """Open a TCP connection for every (source netns, IP, port) at once; True where the
-    handshake completed within `timeout` (a policy drops the SYN: no answer at all)."""
-    socks: list[socket.socket | None] = [None] * len(jobs)
-    by_ns: dict[str, list[int]] = {}
-    for i, (ns, _, _) in enumerate(jobs):
-        by_ns.setdefault(ns, []).append(i)
-    for ns, idx in by_ns.items():
-        with kernel.in_netns(ns):
-            for i in idx:
-                socks[i] = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    ok = [False] * len(jobs)
-    sel = selectors.DefaultSelector()
-    try:
-        for i, (_, ip, port) in enumerate(jobs):
-            s = socks[i]
-            assert s is not None
-            if s.connect_ex((ip, port)) in (0, errno.EINPROGRESS):
-                sel.register(s, selectors.EVENT_WRITE, i)
-        deadline = time.monotonic() + timeout
-        while sel.get_map() and (left := deadline - time.monotonic()) > 0:
-            for key, _ in sel.select(left):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                ok[key.data] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-                sel.unregister(s)
-    finally:
-        sel.close()
-        for s in socks:
-            if s is not None:
-                s.close()
-    return ok
-
-
 @dataclass(frozen=True)
 class Pair:
     src: netpol.PodRef
@@ -382,7 +343,7 @@ class Watcher:
         self._thread: threading.Thread | None = None
 
     def round(self) -> list[bool]:
-        return connect_many(self.jobs, POLL_TIMEOUT_S)
+        return cluster_mod.probe_many(self.jobs, "TCP", POLL_TIMEOUT_S)
 
     @property
     def rounds(self) -> int:

@@ -1206,8 +1206,8 @@ class Cluster:
         for k in keys:
             if k not in infos:
                 raise LabError(f"pod `{k}` not found; pods: {', '.join(infos) or 'none'}")
-        jobs = [(infos[a].netns, infos[b].ip) for a in keys for b in keys]
-        results = probe_many(jobs, port, protocol.upper(), timeout)
+        jobs = [(infos[a].netns, infos[b].ip, port) for a in keys for b in keys]
+        results = probe_many(jobs, protocol.upper(), timeout)
         it = iter(results)
         return {a: {b: next(it) for b in keys} for a in keys}
 
@@ -1721,10 +1721,10 @@ def _bind_fresh_port(s: socket.socket) -> None:
             continue
 
 
-def probe_many(jobs: list[tuple[str | None, str]], port: int, protocol: str,
+def probe_many(jobs: list[tuple[str | None, str, int]], protocol: str,
                timeout: float = 1.0) -> list[bool]:
     """Many real connections at once, from one thread: each job is (source netns, destination
-    IP). TCP: connect, `GET /hostname`, an HTTP 2xx reply; UDP: agnhost's `hostname`, any
+    IP, port). TCP: connect, `GET /hostname`, an HTTP 2xx reply; UDP: agnhost's `hostname`, any
     reply. A connection still unanswered after `timeout` seconds counts as blocked (a policy
     drops packets, so a blocked one never answers)."""
     import selectors
@@ -1733,7 +1733,7 @@ def probe_many(jobs: list[tuple[str | None, str]], port: int, protocol: str,
     kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
     socks: list[socket.socket | None] = [None] * len(jobs)
     by_ns: dict[str | None, list[int]] = {}
-    for i, (ns, _) in enumerate(jobs):
+    for i, (ns, _, _) in enumerate(jobs):
         by_ns.setdefault(ns, []).append(i)
     for ns, idx in by_ns.items():  # one setns per source, not per socket
         ctx = kernel.in_netns(ns) if ns else contextlib.nullcontext()
@@ -1744,7 +1744,7 @@ def probe_many(jobs: list[tuple[str | None, str]], port: int, protocol: str,
     buf: dict[int, bytes] = {}
     sel = selectors.DefaultSelector()
     try:
-        for i, (_, ip) in enumerate(jobs):
+        for i, (_, ip, port) in enumerate(jobs):
             s = socks[i]
             assert s is not None
             if protocol == "UDP":

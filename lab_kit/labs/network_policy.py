@@ -296,8 +296,8 @@ def _probe(ctx: Context, pairs: list[tuple[str, str]], port: int, protocol: str 
     from lab_kit.cluster import probe_many
 
     infos = {p.key: p for p in ctx.cluster.pods(include_system=True)}
-    jobs = [(infos[a].netns, infos[b].ip if b in infos else b) for a, b in pairs]
-    return dict(zip(pairs, probe_many(jobs, port, protocol), strict=True))
+    jobs = [(infos[a].netns, infos[b].ip if b in infos else b, port) for a, b in pairs]
+    return dict(zip(pairs, probe_many(jobs, protocol), strict=True))
 
 
 def _in_pod(netns: str, argv: list[str], timeout: float = 10) -> kernel.Completed:
