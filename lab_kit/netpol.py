@@ -35,13 +35,18 @@ Semantics, as upstream defines them:
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lab_kit import naming
 from lab_kit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lab_kit.kernel import Runner
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 POLICY_TYPES = ("Ingress", "Egress")
@@ -752,7 +757,7 @@ def render_nft_removal() -> str:
 SYNC_TIMEOUT_S = 60.0
 
 
-def _forward_jump(runner: Any, netns: str) -> str:
+def _forward_jump(runner: Runner, netns: str) -> str:
     """Where FORWARD jumps to `cali-FORWARD`: "first", "present" (not first) or "absent"."""
     lines = [ln for ln in runner.run(["iptables", "-S", "FORWARD"], netns, check=False,
                                      record=False, timeout=SYNC_TIMEOUT_S).stdout.splitlines()
@@ -761,7 +766,7 @@ def _forward_jump(runner: Any, netns: str) -> str:
     return "absent" if not ours else "first" if ours == [0] else "present"
 
 
-def sync_node(runner: Any, mode: str, rules: NodeRules | None, netns: str, rules_dir: Any
+def sync_node(runner: Runner, mode: str, rules: NodeRules | None, netns: str, rules_dir: Path
               ) -> None:
     """Write one node's whole policy state in one atomic load (`rules` None: remove it all).
 
@@ -785,7 +790,6 @@ def sync_node(runner: Any, mode: str, rules: NodeRules | None, netns: str, rules
         runner.run(["nft", "-f", str(path)], netns, source="network-policy",
                    timeout=SYNC_TIMEOUT_S)
         return
-    import json
     existing: list[str] = []
     listed = runner.run(["nft", "-j", "list", "chains", "ip"], netns, check=False, record=False,
                         timeout=SYNC_TIMEOUT_S)
