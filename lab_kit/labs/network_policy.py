@@ -663,7 +663,7 @@ def check_ipblock_external(ctx: Context) -> Verdict:
 
     # the server itself, probed from a node (a node's own traffic passes no pod's policy)
     node_ns = naming.node_netns(c.pod(FRONTEND).node)
-    up = probe_many([(node_ns, PROVIDER_IP), (node_ns, OTHER_IP)], WEB_PORT, "TCP")
+    up = probe_many([(node_ns, PROVIDER_IP, WEB_PORT), (node_ns, OTHER_IP, WEB_PORT)], "TCP")
     if not all(up):
         return failed(f"the web server on the external host does not answer on {PROVIDER_IP}:"
                       f"{WEB_PORT} and {OTHER_IP}:{WEB_PORT}",
