@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,27 @@ def test_short_names_follow_the_search_path(cluster: Cluster) -> None:
     assert pod.sh("curl -s --max-time 3 http://s-y-b.y/hostname") == "b"
 
 
+def _getent_external(cluster: Cluster, pod: Any, name: str) -> str:
+    """`getent hosts NAME` in a pod whose nameserver is the external dnsmasq. Full-suite runs
+    have, rarely, lost that exchange for seconds; if it happens, the kernel state of the path
+    is reported as a warning (shown in the run's summary) and the lookup asked once more."""
+    out = pod.sh(f"getent hosts {name}", check=False)
+    if out.split() and out.split()[0] == config.EXTERNAL_IP:
+        return out
+    node = naming.node_netns(pod.node)
+    ext = naming.external_netns(cluster.name)
+    report = [f"getent hosts {name} in {pod.name} ({pod.ip} on {pod.node}) gave {out!r}"]
+    for netns, cmd in ((node, "conntrack -L -p udp --dport 53"), (node, "ip neigh"),
+                       (node, "nstat -az IpExtInNoRoutes UdpInErrors UdpNoPorts"),
+                       (ext, "ip neigh"), (ext, "ss -uanp"),
+                       (ext, "nstat -az UdpInErrors UdpNoPorts UdpRcvbufErrors")):
+        r = subprocess.run(["ip", "netns", "exec", netns, "bash", "-c", cmd],
+                           capture_output=True, text=True)
+        report.append(f"--- {netns}: {cmd}\n{r.stdout}{r.stderr}")
+    warnings.warn("\n".join(report), stacklevel=2)
+    return pod.sh(f"getent hosts {name}")
+
+
 def test_dns_policy_and_dns_config(cluster: Cluster) -> None:
     pods = [
         _pod("z", "p-default", dnsPolicy="Default"),
@@ -312,7 +334,7 @@ def test_dns_policy_and_dns_config(cluster: Cluster) -> None:
         d = cluster.pod("z/p-default")
         assert d.sh("cat /etc/resolv.conf") == f"nameserver {config.EXTERNAL_IP}\n"
         assert d.sh("getent hosts s-z-a", check=False).strip() == ""  # no cluster names
-        assert d.sh("getent hosts example.com").split()[0] == config.EXTERNAL_IP
+        assert _getent_external(cluster, d, "example.com").split()[0] == config.EXTERNAL_IP
         n = cluster.pod("z/p-none")
         assert n.sh("cat /etc/resolv.conf") == (f"nameserver {cluster.dns_ip}\n"
                                                 "search x.svc.cluster.local\noptions ndots:1\n")
