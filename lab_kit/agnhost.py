@@ -6,7 +6,9 @@ asyncio process per node opens its listening sockets *inside each pod's network 
 pod's ports are really the pod's, at the cost of one interpreter per node instead of per pod.
 
 HTTP (every TCP containerPort): `/hostname` (the pod's name), `/clientip` (`ip:port` of the
-peer as the pod sees it), `/echo?msg=…`, `/healthz`, `/` (a timestamp).
+peer as the pod sees it), `/echo?msg=…`, `/healthz`, `/` (a timestamp). Unlike agnhost, any
+path ending in `/hostname` (`/api/hostname`) also answers the name, so a request routed by an
+Ingress path prefix says which pod served it without a rewrite.
 UDP (every UDP containerPort), like agnhost's UDP server: `hostname`, `clientip`, `echo <text>`;
 anything else is echoed back.
 
@@ -42,7 +44,7 @@ class Served:
 
 def http_answer(path: str, hostname: str, peer: tuple[str, int]) -> tuple[int, str]:
     url = urllib.parse.urlsplit(path)
-    if url.path == "/hostname":
+    if url.path == "/hostname" or url.path.endswith("/hostname"):
         return 200, hostname
     if url.path == "/clientip":
         return 200, f"{peer[0]}:{peer[1]}"

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from lab_kit.errors import LabError
@@ -180,9 +181,31 @@ def cmd_get(args: argparse.Namespace) -> int:
             else:
                 print("No resources found" + (f" in {ns} namespace." if ns else "."),
                       file=sys.stderr)
+        elif kind in ("ingresses", "ingress", "ing"):
+            ns = None if args.all_namespaces else (args.namespace or "default")
+            keys = [k for k in sorted(c.state.get("ingresses") or {})
+                    if ns is None or k.split("/", 1)[0] == ns]
+            if args.names:
+                keys = [f"{ns or 'default'}/{n}" for n in args.names]
+            objs = [c.get_ingress(k) for k in keys]
+            if args.output in ("json", "yaml"):
+                out += objs
+            elif objs:
+                print(_ingress_table(c, objs, ns))
+            else:
+                print("No resources found" + (f" in {ns} namespace." if ns else "."),
+                      file=sys.stderr)
+        elif kind in ("ingressclasses", "ingressclass"):
+            stored = sorted((c.state.get("ingressclasses") or {}).values(),
+                            key=lambda v: v["spec"]["name"])
+            from lab_kit.cluster import Table
+            print(Table(["NAME", "CONTROLLER", "PARAMETERS", "AGE"], [
+                [v["spec"]["name"] + (" (default)" if v["spec"]["default"] else ""),
+                 v["spec"]["controller"], "<none>", human_duration(time.time() - v["created"])]
+                for v in stored]))
         else:
-            raise LabError(f"cannot get {kind!r} yet: try pods, nodes, svc, endpointslices "
-                           "or networkpolicies")
+            raise LabError(f"cannot get {kind!r} yet: try pods, nodes, svc, endpointslices, "
+                           "networkpolicies, ingress or ingressclass")
     if args.output == "json":
         print(json.dumps(out, indent=2, default=list))
     elif args.output == "yaml":
@@ -223,8 +246,6 @@ def _policy_object(stored: dict[str, Any]) -> dict[str, Any]:
 
 def _policy_table(stored: list[dict[str, Any]], namespace: str | None):
     """`kubectl get networkpolicies`: NAMESPACE (with -A), NAME, POD-SELECTOR, AGE."""
-    import time
-
     from lab_kit import netpol
     from lab_kit.cluster import Table
     rows = []
@@ -235,6 +256,27 @@ def _policy_table(stored: list[dict[str, Any]], namespace: str | None):
                     + [pol.name, str(pol.pod_selector), age])
     return Table((["NAMESPACE"] if namespace is None else [])
                  + ["NAME", "POD-SELECTOR", "AGE"], rows)
+
+
+def _ingress_table(c, objs: list[dict[str, Any]], namespace: str | None):
+    """`kubectl get ingress`: NAMESPACE (with -A), NAME, CLASS, HOSTS, ADDRESS, PORTS, AGE."""
+    import datetime
+
+    from lab_kit.cluster import Table
+    rows = []
+    for o in objs:
+        spec = o["spec"]
+        hosts = [r.get("host") or "*" for r in spec.get("rules") or []] or ["*"]
+        addr = ",".join(i["ip"] for i in o["status"].get("loadBalancer", {}).get("ingress", []))
+        ports = "80, 443" if spec.get("tls") else "80"
+        made = datetime.datetime.strptime(o["metadata"]["creationTimestamp"],
+                                          "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        age = human_duration(time.time() - made.timestamp())
+        rows.append(([o["metadata"]["namespace"]] if namespace is None else [])
+                    + [o["metadata"]["name"], spec.get("ingressClassName") or "<none>",
+                       ",".join(dict.fromkeys(hosts)), addr, ports, age])
+    return Table((["NAMESPACE"] if namespace is None else [])
+                 + ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"], rows)
 
 
 def human_duration(seconds: float) -> str:
@@ -548,8 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace")
     p = add("get", cmd_get, "list pods or nodes (like kubectl get -o wide)")
     p.add_argument("kind", help="pods, nodes, svc, endpointslices, networkpolicies (netpol), "
-                   "or several: svc,endpointslices")
-    p.add_argument("names", nargs="*", help="only these objects (Services, NetworkPolicies)")
+                   "ingress (ing), ingressclass, or several: svc,endpointslices")
+    p.add_argument("names", nargs="*", help="only these objects (Services, NetworkPolicies, "
+                   "Ingresses)")
     p.add_argument("-n", "--namespace")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="wide")

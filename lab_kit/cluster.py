@@ -40,11 +40,14 @@ from lab_kit import (
     clusterdns,
     cni,
     config,
+    ingress,
+    ingress_nginx,
     kernel,
     kubeproxy,
     model,
     naming,
     netpol,
+    pki,
     services,
 )
 from lab_kit.errors import ConfigError, LabError, NotRunningError
@@ -57,6 +60,7 @@ POD_CAPACITY_PER_NODE = 253  # a /24 minus network, broadcast and the cni0 gatew
 Progress = Callable[[str], None]
 
 
+INGRESS_KINDS = ("ingresses", "ingressclasses", "secrets")  # their keys in the state
 # every node's own resolv.conf (kubelet's --resolv-conf): dnsmasq on the `external` host
 NODE_RESOLV = clusterdns.node_resolv_conf(config.EXTERNAL_IP)
 
@@ -183,6 +187,14 @@ class Node(Shell):
         # host's mount namespace, so an `ip netns add` on the node is visible to every shell,
         # as on a real node
         return ["bash", "-c", command], self.netns
+
+
+class ExternalHost(Node):
+    """The `external` host: like a node, but its commands see its own resolv.conf (its
+    dnsmasq, which also answers the Ingress hosts), as a machine outside the cluster would."""
+
+    def _wrap(self, command: str) -> tuple[list[str], str | None]:
+        return Shell._wrap(self, command)
 
 
 class PodShell(Shell):
@@ -501,7 +513,11 @@ class Cluster:
                 f"--addn-hosts={hosts}", "--local=/#/", f"--listen-address={config.EXTERNAL_IP}",
                 "--bind-interfaces", "--user=root", f"--pid-file={d / 'dnsmasq.pid'}",
                 f"--log-facility={d / 'dnsmasq.log'}"]  # start-up and errors; no query log
-        self.runner.run(argv, naming.external_netns(conf.name), source="lab_kit")
+        ext = naming.external_netns(conf.name)
+        self.runner.run(argv, ext, source="lab_kit")
+        etc = Path("/etc/netns") / ext  # the external host resolves with its own dnsmasq
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(NODE_RESOLV.text())
 
     def _deploy_dns(self, conf: config.ClusterConfig, say: Progress) -> None:
         """kubeadm's CoreDNS add-on: Deployment `coredns` and Service `kube-dns`."""
@@ -754,7 +770,8 @@ class Cluster:
 
     @property
     def external(self) -> Node:
-        return Node(self, "external", naming.external_netns(self.name), config.EXTERNAL_IP)
+        return ExternalHost(self, "external", naming.external_netns(self.name),
+                            config.EXTERNAL_IP)
 
     # pods --------------------------------------------------------------------------------
 
@@ -869,8 +886,11 @@ class Cluster:
         state.setdefault("services", {})
         state.setdefault("endpointslices", {})
         state.setdefault("networkpolicies", {})
+        for what in INGRESS_KINDS:
+            state.setdefault(what, {})
         backup = {k: copy.deepcopy(state[k]) for k in ("namespaces", "deployments", "services",
-                                                       "endpointslices", "networkpolicies")}
+                                                       "endpointslices", "networkpolicies",
+                                                       *INGRESS_KINDS)}
         backup_labels = {k: state["pods"][k]["spec"]["labels"] for k in plan.relabel}
         had_services = bool(state["services"])
         had_policies = bool(state["networkpolicies"])
@@ -888,6 +908,11 @@ class Cluster:
         state["networkpolicies"].update(plan.policies)
         for key in plan.delete_policies:
             state["networkpolicies"].pop(key, None)
+        for what, entries in plan.objects.items():
+            state[what].update(entries)
+        for what, keys in plan.delete_objects.items():
+            for key in keys:
+                state[what].pop(key, None)
         sync = had_services or bool(state["services"])
         policies = had_policies or bool(state["networkpolicies"])
 
@@ -902,6 +927,7 @@ class Cluster:
             # new connection is sent to a pod that is being deleted
             try:
                 self._sync_services(state, exclude=plan.delete_pods)
+                self._sync_ingress(state, exclude=plan.delete_pods)
             except BaseException:
                 restore_objects()
                 with contextlib.suppress(LabError, OSError):
@@ -956,6 +982,8 @@ class Cluster:
                 if plan.policies or plan.delete_policies:
                     say("network policy: syncing filter rules on every node")
                 self._sync_policies(state)
+            if not policies_only:
+                self._sync_ingress(state, say=say)
             dns_pods = self._dns_pods(state)
             if self._start_programs(dns_pods):
                 self.wait_dns()
@@ -978,6 +1006,8 @@ class Cluster:
             if policies:
                 with contextlib.suppress(LabError, OSError):
                     self._sync_policies(state)
+            with contextlib.suppress(LabError, OSError):
+                self._sync_ingress(state)
             with contextlib.suppress(OSError):
                 self._publish_dns(state)  # also when that sync failed half-way
             raise
@@ -1048,6 +1078,222 @@ class Cluster:
             netpol.sync_node(self.runner, conf.kube_proxy_mode, rules,
                              naming.node_netns(n.name), rules_dir)
         _parallel(conf.nodes, one)
+
+    # ingress -----------------------------------------------------------------------------
+
+    def _ingress_controllers(self, state: dict[str, Any] | None = None
+                             ) -> list[dict[str, Any]]:
+        pods = (state or self.state)["pods"]
+        return [p for _, p in sorted(pods.items())
+                if model.pod_from_json(p["spec"]).program == "ingress-nginx"]
+
+    def _ingress_dir(self, pod: dict[str, Any]) -> Path:
+        spec = pod["spec"]
+        return self.store.dir / "ingress-nginx" / f"{spec['namespace']}.{spec['name']}"
+
+    def lab_ca(self) -> pki.LabCA:
+        """The cluster's certificate authority (made on first use): it issues the certificates
+        of TLS Secrets, and clients on the `external` host trust it (`curl --cacert`)."""
+        return pki.LabCA.load_or_create(self.store.dir / "pki", name=self.name)
+
+    def ingresses(self, namespace: str | None = None) -> list[ingress.Ingress]:
+        """The stored Ingress objects (of `namespace`, or all), oldest first."""
+        items = sorted((self.state.get("ingresses") or {}).values(),
+                       key=lambda v: (v["created"], v["spec"]["namespace"], v["spec"]["name"]))
+        out = [ingress.ingress_from_json(v["spec"]) for v in items]
+        return [i for i in out if namespace is None or i.namespace == namespace]
+
+    def ingress_status(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        """What the controller reported for one Ingress: `address` (the controller's
+        load-balancer IP), `events` (Warning/Normal, reason, message), `routes` it won."""
+        key = f"{namespace}/{name}" if "/" not in name else name
+        if key not in (self.state.get("ingresses") or {}):
+            raise LabError(f'ingresses.networking.k8s.io "{key}" not found')
+        st = (self.state.get("ingressStatus") or {}).get(key, {})
+        return {"address": st.get("address"), "events": st.get("events", []),
+                "routes": [r for r in self.ingress_routes() if r["ingress"] == key]}
+
+    def get_ingress(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        """One Ingress as `kubectl get ingress NAME -o yaml` shows it, with the status the
+        controller published (its load-balancer address)."""
+        import datetime
+        key = name if "/" in name else f"{namespace}/{name}"
+        stored = (self.state.get("ingresses") or {}).get(key)
+        if stored is None:
+            raise LabError(f'ingresses.networking.k8s.io "{key.split("/", 1)[1]}" not found '
+                           f"in namespace {key.split('/', 1)[0]}")
+        d = stored["spec"]
+        meta: dict[str, Any] = {"name": d["name"], "namespace": d["namespace"],
+                                "creationTimestamp": datetime.datetime.fromtimestamp(
+                                    stored["created"], datetime.UTC).strftime(
+                                        "%Y-%m-%dT%H:%M:%SZ")}
+        if d.get("labels"):
+            meta["labels"] = d["labels"]
+        if d.get("annotations"):
+            meta["annotations"] = d["annotations"]
+        addr = ((self.state.get("ingressStatus") or {}).get(key) or {}).get("address")
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
+                "spec": d["spec"],
+                "status": {"loadBalancer": {"ingress": [{"ip": addr}]} if addr else {}}}
+
+    def ingress_routes(self) -> list[dict[str, Any]]:
+        """The controllers' routing table: host, path, backend, endpoints, TLS, status."""
+        return [r for c in (self.state.get("ingressControllers") or {}).values()
+                for r in c.get("routes", [])]
+
+    def _sync_ingress(self, state: dict[str, Any], exclude: Iterable[str] = (),
+                      say: Progress = None) -> None:  # type: ignore[assignment]
+        """The ingress-nginx controller: render each controller pod's nginx config from the
+        Ingresses of its class, check it with `nginx -t`, and (re)load it gracefully; then
+        publish the Ingress hosts to the external host's DNS (like external-dns)."""
+        gone = set(exclude)
+        ctrls = [p for p in self._ingress_controllers(state) if
+                 f"{p['spec']['namespace']}/{p['spec']['name']}" not in gone]
+        report: dict[str, Any] = {}
+        status: dict[str, dict[str, Any]] = {}
+        slices = state.get("endpointslices") or {}
+        if gone:
+            slices = services.endpoint_slices(state["services"], state["pods"], gone)
+        secrets = {k: ingress.secret_from_json(v["spec"])
+                   for k, v in (state.get("secrets") or {}).items()}
+        classes = {k: model.ingress_class_from_json(v["spec"])
+                   for k, v in (state.get("ingressclasses") or {}).items()}
+        stored = sorted((state.get("ingresses") or {}).values(),
+                        key=lambda v: (v["created"], v["spec"]["namespace"], v["spec"]["name"]))
+        all_ings = [ingress.ingress_from_json(v["spec"]) for v in stored]
+        hosts: dict[str, str] = {}
+        for p in ctrls:
+            spec = model.pod_from_json(p["spec"])
+            cls = spec.arg("ingress-class") or "nginx"
+            ic = classes.get(cls)
+            ings = [i for i in all_ings if ic is not None and i.ingress_class == cls
+                    and ic.controller == ingress_nginx.CONTROLLER]
+            address = self._controller_address(state, p)
+            rendered = self._configure_controller(p, ings, state["services"], slices, secrets)
+            key = f"{spec.namespace}/{spec.name}"
+            report[key] = {"class": cls, "address": address,
+                           "routes": [dataclasses.asdict(r) for r in rendered.routes],
+                           "reload": [dataclasses.asdict(e)
+                                      for e in rendered.events.get("", [])]}
+            for i in ings:
+                st = status.setdefault(i.key, {"address": address, "events": []})
+                st["events"] += [dataclasses.asdict(e) for e in rendered.events.get(i.key, [])]
+                if address:
+                    for r in i.rules:
+                        if r.host and not r.host.startswith("*."):
+                            hosts.setdefault(r.host, address)
+        state["ingressControllers"] = report
+        state["ingressStatus"] = status
+        if ctrls or state.get("ingressHosts"):
+            self._publish_ingress_hosts(hosts)
+            state["ingressHosts"] = hosts
+
+    def _controller_address(self, state: dict[str, Any], pod: dict[str, Any]) -> str | None:
+        """The address ingress-nginx publishes in Ingress status (its --publish-service): the
+        load-balancer IP of a LoadBalancer Service selecting the controller pod."""
+        spec = model.pod_from_json(pod["spec"])
+        for v in sorted((state.get("services") or {}).values(),
+                        key=lambda v: v["spec"]["name"]):
+            s = v["spec"]
+            sel = s.get("selector") or {}
+            if s["namespace"] == spec.namespace and s["type"] == "LoadBalancer" and sel and \
+                    all(spec.labels.get(k) == val for k, val in sel.items()) and s.get("lbIP"):
+                return str(s["lbIP"])
+        return None
+
+    def _configure_controller(self, pod: dict[str, Any], ings: list[ingress.Ingress],
+                              svcs: dict[str, Any], slices: dict[str, Any],
+                              secrets: dict[str, ingress.Secret]) -> ingress_nginx.Rendered:
+        """Render, check with `nginx -t`, then start nginx or reload it, and wait until its
+        workers answer from the new config. A config nginx refuses is never loaded."""
+        d = self._ingress_dir(pod)
+        netns = pod["netns"]
+        for sub in ("certs", "tmp"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        fake = d / "certs" / f"{ingress_nginx.FAKE_CERT}.pem"
+        if not fake.exists():
+            crt, key = pki.fake_certificate()
+            _write_private(fake, crt + key)
+        gen_file = d / "generation"
+        gen = int(gen_file.read_text()) if gen_file.exists() else 0
+        def render(generation: int) -> ingress_nginx.Rendered:
+            return ingress_nginx.render(ings, svcs, slices, secrets, prefix=d,
+                                        generation=generation, check_cert=pki.check_tls_pair)
+        conf = d / "nginx.conf"
+        rendered = render(gen)  # the running config, if nothing changed
+        running = self._nginx_pid(d, netns)
+        if running and conf.exists() and conf.read_text() == rendered.conf and all(
+                (d / "certs" / n).exists() and (d / "certs" / n).read_bytes() == c
+                for n, c in rendered.files.items()):
+            return rendered  # nothing changed: no reload (ingress-nginx skips it too)
+        rendered = render(gen + 1)
+        for n, c in rendered.files.items():
+            _write_private(d / "certs" / n, c)
+        candidate = d / "nginx.conf.new"
+        candidate.write_text(rendered.conf)
+        test = self.runner.run(["nginx", "-t", "-q", "-p", str(d), "-c", str(candidate)], netns,
+                               check=False, source="ingress-nginx")
+        if test.rc != 0:
+            msg = (test.stderr or test.stdout).strip()
+            rendered.events.setdefault("", []).append(ingress_nginx.Event(
+                "Warning", "RELOAD", f"Error reloading NGINX: {msg}; the last good config "
+                "stays in force"))
+            for i in ings:
+                rendered.warn(i.key, "RELOAD", f"Error reloading NGINX: {msg}")
+            return rendered
+        os.replace(candidate, conf)
+        gen_file.write_text(str(gen + 1))
+        if running:
+            old_workers = _children(running)
+            self.runner.note(["kill", "-HUP", str(running)], netns, source="ingress-nginx")
+            os.kill(running, signal.SIGHUP)  # nginx's graceful reload
+        else:
+            old_workers = []
+            self.runner.run(["nginx", "-p", str(d), "-c", str(conf)], netns,
+                            source="ingress-nginx")
+        self._wait_generation(netns, gen + 1, old_workers)
+        return rendered
+
+    def _nginx_pid(self, d: Path, netns: str) -> int | None:
+        """The nginx master of a controller pod, if it is running."""
+        try:
+            pid = int((d / "nginx.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        inode = kernel.netns_inode(netns)
+        if inode is None or pid not in kernel.pids_in_netns({inode}):
+            return None
+        return pid
+
+    def _wait_generation(self, netns: str, gen: int, old_workers: list[int],
+                         timeout: float = 5.0) -> None:
+        """Until only workers running config `gen` take new connections. On a reload the
+        master starts new workers, then tells the old ones to shut down gracefully: each
+        closes its listening sockets (its title becomes "worker process is shutting down")
+        and finishes the requests it holds. Until then an old worker may still accept."""
+        url = f"http://127.0.0.1:{ingress_nginx.STATUS_PORT}/generation"
+        deadline = time.monotonic() + timeout
+        got = ""
+        while time.monotonic() < deadline:
+            got = self.runner.run(["curl", "-s", "--max-time", "1", url], netns, check=False,
+                                  record=False).stdout.strip()
+            if got == str(gen) and not [p for p in old_workers if _accepting(p)]:
+                return
+            time.sleep(0.02)
+        raise LabError(f"the ingress controller in `{netns}` did not load config {gen} within "
+                       f"{timeout:.0f} s (it answers {got or 'nothing'}); see its error.log")
+
+    def _publish_ingress_hosts(self, hosts: dict[str, str]) -> None:
+        """Ingress hosts -> the controller's load-balancer IP in the external host's DNS
+        (dnsmasq re-reads its hosts file on SIGHUP)."""
+        path = self._dns_dir / "internet.hosts"
+        text = clusterdns.internet_hosts(config.EXTERNAL_IP) + "".join(
+            f"{ip} {h}\n" for h, ip in sorted(hosts.items()))
+        if path.exists() and path.read_text() == text:
+            return
+        path.write_text(text)
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((self._dns_dir / "dnsmasq.pid").read_text()), signal.SIGHUP)
 
     def _reconcile_lb_routes(self, want: dict[str, list[str]]) -> None:
         """Routes on the `external` host to each load-balancer IP via the nodes announcing it
@@ -1396,6 +1642,9 @@ class Plan:
     delete_services: list[str] = field(default_factory=list)
     policies: dict[str, Any] = field(default_factory=dict)
     delete_policies: list[str] = field(default_factory=list)
+    # Ingresses, IngressClasses and Secrets: state key -> {object key: stored entry}
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delete_objects: dict[str, list[str]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
 
@@ -1443,6 +1692,10 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
 
     for o, src in objs:
         if isinstance(o, model.Namespace):
+            continue
+        if isinstance(o, model.IngressClass):
+            _plan_object(plan, state, "ingressclasses", o.key, model.ingress_class_to_json(o),
+                         f"ingressclass.networking.k8s.io/{o.name}")
             continue
         obj = f"{type(o).__name__}/{o.namespace}/{o.name}"
         if o.namespace not in namespaces:
@@ -1492,6 +1745,18 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
             verb = "created" if old is None else (
                 "unchanged" if old["spec"] == spec else "configured")
             plan.messages.append(f"networkpolicy.networking.k8s.io/{o.name} {verb}")
+        elif isinstance(o, ingress.Ingress):
+            ing = o
+            if ing.ingress_class is None:  # the DefaultIngressClass admission plugin
+                default = _default_ingress_class(state, plan)
+                if default is not None:
+                    ing = dataclasses.replace(
+                        ing, ingress_class=default, spec={**ing.spec, "ingressClassName": default})
+            _plan_object(plan, state, "ingresses", o.key, ingress.ingress_to_json(ing),
+                         f"ingress.networking.k8s.io/{o.name}")
+        elif isinstance(o, ingress.Secret):
+            _plan_object(plan, state, "secrets", o.key, ingress.secret_to_json(o),
+                         f"secret/{o.name}")
         elif isinstance(o, model.Deployment):
             old = state["deployments"].get(o.key)
             plan.deployments[o.key] = model.deployment_to_json(o)
@@ -1514,6 +1779,24 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
                 "unchanged" if old == plan.deployments[o.key] else "configured")
             plan.messages.append(f"deployment.apps/{o.name} {verb}")
     return plan
+
+
+def _plan_object(plan: Plan, state: dict[str, Any], what: str, key: str, spec: dict[str, Any],
+                 label: str) -> None:
+    """Record one Ingress, IngressClass or Secret of an apply (its first creation time kept:
+    the oldest Ingress wins a conflict)."""
+    old = (state.get(what) or {}).get(key)
+    plan.objects.setdefault(what, {})[key] = {"spec": spec,
+                                             "created": old["created"] if old else time.time()}
+    verb = "created" if old is None else ("unchanged" if old["spec"] == spec else "configured")
+    plan.messages.append(f"{label} {verb}")
+
+
+def _default_ingress_class(state: dict[str, Any], plan: Plan) -> str | None:
+    """The IngressClass marked default (in the state or this same apply), if exactly one."""
+    classes = {**(state.get("ingressclasses") or {}), **plan.objects.get("ingressclasses", {})}
+    defaults = sorted(k for k, v in classes.items() if v["spec"]["default"])
+    return defaults[0] if len(defaults) == 1 else None
 
 
 def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Source]]) -> Plan:
@@ -1546,6 +1829,16 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'networkpolicy.networking.k8s.io "{o.name}" deleted')
             else:
                 plan.messages.append(f'networkpolicy.networking.k8s.io "{o.name}" not found')
+        elif isinstance(o, (ingress.Ingress, ingress.Secret, model.IngressClass)):
+            what, kind = {ingress.Ingress: ("ingresses", "ingress.networking.k8s.io"),
+                          ingress.Secret: ("secrets", "secret"),
+                          model.IngressClass: ("ingressclasses",
+                                               "ingressclass.networking.k8s.io")}[type(o)]
+            if o.key in (state.get(what) or {}):
+                plan.delete_objects.setdefault(what, []).append(o.key)
+                plan.messages.append(f'{kind} "{o.name}" deleted')
+            else:
+                plan.messages.append(f'{kind} "{o.name}" not found')
         elif isinstance(o, model.Namespace):
             if o.name in model.SYSTEM_NAMESPACES:
                 raise ConfigError(f"namespace {o.name!r} is a system namespace and cannot be "
@@ -1560,9 +1853,43 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                                          if k.startswith(o.name + "/")]
                 plan.delete_policies += [k for k in state.get("networkpolicies") or {}
                                          if k.startswith(o.name + "/")]
+                for what in ("ingresses", "secrets"):
+                    plan.delete_objects.setdefault(what, []).extend(
+                        k for k in state.get(what) or {} if k.startswith(o.name + "/"))
                 plan.messages.append(f'namespace "{o.name}" deleted')
     plan.delete_pods = sorted(set(plan.delete_pods))
     return plan
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (an nginx master's workers)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(") ", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _accepting(pid: int) -> bool:
+    """An nginx worker that may still accept connections: alive, and not yet "shutting
+    down" (nginx sets that title right before it closes its listening sockets)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"worker process" in title and b"shutting down" not in title
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write key material readable by root only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _warn_neighbour_limit(pods: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,20 @@ import yaml
 
 from lab_kit import naming
 from lab_kit.errors import ConfigError
+from lab_kit.ingress import Ingress, Secret, parse_ingress, parse_secret
 from lab_kit.netpol import NetworkPolicy, parse_policy
 
 KUBE_VERSION = "1.33"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 ADDON_NAMESPACES = ("kube-system",)  # the cluster's own pods (CoreDNS): left out of listings
 SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment"),
-                   ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy")}
+                   ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy"),
+                   ("networking.k8s.io/v1", "Ingress"), ("networking.k8s.io/v1", "IngressClass"),
+                   ("v1", "Secret")}
+INGRESS_CONTROLLER_IMAGES = ("registry.k8s.io/ingress-nginx/controller",)
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+_CONTROLLER_NAME_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[-._~a-zA-Z0-9/]+$")
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
 MAX_AFFINITY_SECONDS = 86400
 DEFAULT_AFFINITY_SECONDS = 10800
@@ -78,9 +86,19 @@ class Pod:
         """What runs in the pod: `coredns` (lab_kit's cluster DNS server) for a CoreDNS image,
         otherwise the agnhost-like test server on the pod's ports."""
         for c in self.containers:
-            if c.image.split("@")[0].rsplit(":", 1)[0] in COREDNS_IMAGES:
+            image = c.image.split("@")[0].rsplit(":", 1)[0]
+            if image in COREDNS_IMAGES:
                 return "coredns"
+            if image in INGRESS_CONTROLLER_IMAGES:
+                return "ingress-nginx"
         return "agnhost"
+
+    def arg(self, flag: str) -> str | None:
+        """The value of `--flag=value` in the first container's args, if given."""
+        for a in self.containers[0].args if self.containers else ():
+            if a.startswith(f"--{flag}="):
+                return a.split("=", 1)[1]
+        return None
 
     @property
     def key(self) -> str:
@@ -189,7 +207,21 @@ class Service:
         return self.type in ("NodePort", "LoadBalancer")
 
 
-Object = Pod | Deployment | Namespace | Service | NetworkPolicy
+@dataclass(frozen=True)
+class IngressClass:
+    """networking.k8s.io/v1 IngressClass (cluster-scoped): which controller serves a class."""
+    name: str
+    controller: str
+    default: bool = False  # the ingressclass.kubernetes.io/is-default-class annotation
+    labels: dict[str, str] = field(default_factory=dict)
+    namespace: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+Object = Pod | Deployment | Namespace | Service | NetworkPolicy | Ingress | Secret | IngressClass
 
 
 @dataclass(frozen=True)
@@ -341,6 +373,40 @@ def _labels(meta: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
 
 
+def _annotations(meta: dict[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
+
+
+def _ingress_class(name: str, meta: dict[str, Any], spec: dict[str, Any], src: Source
+                   ) -> IngressClass:
+    obj = f"IngressClass/{name}"
+    if not naming.DNS_SUBDOMAIN_RE.match(name):
+        raise ConfigError(f"{name!r} is not a valid name (a DNS subdomain)", file=src.file,
+                          obj=obj, field="metadata.name")
+    controller = spec.get("controller")
+    if not controller:
+        raise ConfigError("Required value: the controller that serves this class",
+                          file=src.file, obj=obj, field="spec.controller",
+                          fix="ingress-nginx's is `k8s.io/ingress-nginx`")
+    if len(controller) > 250 or not _CONTROLLER_NAME_RE.match(controller):
+        raise ConfigError(f"Invalid value: {controller!r}: must be a domain-prefixed path "
+                          "(such as \"acme.io/foo\")", file=src.file, obj=obj,
+                          field="spec.controller")
+    default = _annotations(meta).get(DEFAULT_CLASS_ANNOTATION) == "true"
+    return IngressClass(name=name, controller=controller, default=default,
+                        labels=_labels(meta))
+
+
+def ingress_class_to_json(c: IngressClass) -> dict[str, Any]:
+    return {"name": c.name, "controller": c.controller, "default": c.default,
+            "labels": c.labels}
+
+
+def ingress_class_from_json(d: dict[str, Any]) -> IngressClass:
+    return IngressClass(name=d["name"], controller=d["controller"], default=d["default"],
+                        labels=dict(d.get("labels") or {}))
+
+
 def _pod_from_spec(ns: str, name: str, labels: dict[str, str], spec: dict[str, Any],
                    src: Source, obj: str, prefix: str) -> Pod:
     containers: list[Container] = []
@@ -455,6 +521,8 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
         labels = _labels(meta)
         labels.setdefault("kubernetes.io/metadata.name", name)
         return Namespace(name=name, labels=labels)
+    if kind == "IngressClass":
+        return _ingress_class(name, meta, doc.get("spec") or {}, src)
     ns = meta.get("namespace") or "default"
     if not naming.DNS_SUBDOMAIN_RE.match(name) or len(name) > 63:
         raise ConfigError(f"{name!r} is not a valid name (lowercase letters, digits, '-' and "
@@ -466,6 +534,11 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
         return _service(ns, name, _labels(meta), doc.get("spec") or {}, src, obj)
     if kind == "NetworkPolicy":
         return parse_policy(ns, name, _labels(meta), doc.get("spec"), file=src.file)
+    if kind == "Ingress":
+        return parse_ingress(ns, name, _labels(meta), _annotations(meta), doc.get("spec"),
+                             file=src.file)
+    if kind == "Secret":
+        return parse_secret(ns, name, _labels(meta), doc, file=src.file)
     # Deployment
     spec = doc["spec"]
     replicas = int(spec.get("replicas", 1))

@@ -26,7 +26,7 @@ packages=(
     mininet iproute2 iptables nftables conntrack tcpdump iputils-ping curl dnsutils
     containernetworking-plugins graphviz python3 python3-venv python3-dev iperf3 socat
     bridge-utils net-tools kmod procps psmisc util-linux ethtool bird2 dnsmasq-base dnsperf
-    nginx-light git make
+    nginx-light wrk git make
 )
 
 missing=()

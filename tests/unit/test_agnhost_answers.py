@@ -26,6 +26,9 @@ PEER = ("10.244.1.7", 40123)
     ("/healthz", 200, "ok"),
     ("/nope", 404, "404 page not found"),
     ("/hostname/extra", 404, "404 page not found"),
+    ("/api/hostname", 200, "web-0"),  # an Ingress path prefix in front of it
+    ("/api/v2/hostname?x=1", 200, "web-0"),
+    ("/myhostname", 404, "404 page not found"),
 ])
 def test_http_answer(path: str, status: int, body: str) -> None:
     assert http_answer(path, "web-0", PEER) == (status, body)

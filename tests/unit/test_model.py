@@ -249,10 +249,10 @@ def test_invalid_yaml_line_number_is_the_offending_line() -> None:
 
 
 def test_unsupported_kind() -> None:
-    e = error_of({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-                  "metadata": {"name": "s"}, "spec": {"controller": "k8s.io/ingress-nginx"}})
+    e = error_of({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
+                  "data": {"a": "b"}})
     assert e.field == "kind"
-    assert e.obj == "IngressClass/s"
+    assert e.obj == "ConfigMap/s"
     assert "not supported" in e.reason
     assert "Pod (v1)" in (e.fix or "")
 
@@ -406,3 +406,28 @@ def test_schema_validator_is_built_once_per_kind() -> None:
     after = model._validator.cache_info()
     assert after.misses == before.misses
     assert after.hits - before.hits == 50
+
+
+def test_ingress_class_is_parsed_with_its_default_annotation() -> None:
+    [(o, _)] = model.load_manifests([{
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "nginx", "annotations": {
+            "ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "k8s.io/ingress-nginx"}}])
+    assert o == model.IngressClass("nginx", "k8s.io/ingress-nginx", default=True)
+
+
+@pytest.mark.parametrize("controller,words", [(None, "Required value"),
+                                               ("nginx", "domain-prefixed path")])
+def test_ingress_class_controller_is_validated(controller: str | None, words: str) -> None:
+    spec = {} if controller is None else {"controller": controller}
+    e = error_of({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                  "metadata": {"name": "x"}, "spec": spec})
+    assert e.field == "spec.controller" and words in e.reason
+
+
+def test_controller_image_runs_ingress_nginx() -> None:
+    manifest = Path(__file__).resolve().parents[2] / "labs/manifests/ingress-nginx.yaml"
+    [(d, _)] = model.load_manifests(manifest)[2:3]
+    assert d.template.program == "ingress-nginx"
+    assert d.template.arg("ingress-class") == "nginx"
