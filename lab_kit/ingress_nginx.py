@@ -333,7 +333,10 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
     for host in sorted(servers):
         blocks += server_block(servers[host])
     for up, eps in sorted(upstreams.items()):
-        http += [f"upstream {up} {{", *[f"    server {e} max_fails=0;" for e in eps], "}"]
+        # ingress-nginx keeps idle connections to the endpoints open (its
+        # upstream-keepalive-connections, 320 by default)
+        http += [f"upstream {up} {{", *[f"    server {e} max_fails=0;" for e in eps],
+                 "    keepalive 320;", "}"]
     http += blocks
     # the status server: /generation tells which config the workers run; /healthz for probes
     http += ["server {", f"    listen 127.0.0.1:{STATUS_PORT};",
