@@ -169,6 +169,9 @@ def getent(netns: str, name: str, timeout: float = LOOKUP_TIMEOUT) -> list[str]:
     nothing resolves within `timeout` seconds."""
     r = _in_pod(netns, ["timeout", str(timeout), "getent", "ahostsv4", name],
                 timeout=timeout + 5)
+    if r.rc == 124:  # silent until the timeout (not an answer): ask once more, as `dig` does
+        r = _in_pod(netns, ["timeout", str(timeout), "getent", "ahostsv4", name],
+                    timeout=timeout + 5)
     out: list[str] = []
     for line in r.stdout.splitlines():
         words = line.split()
