@@ -39,6 +39,7 @@ from typing import Any
 
 from lab_kit import naming
 from lab_kit.errors import ConfigError
+from lab_kit.fields import FieldParser
 
 PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
 INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
@@ -208,27 +209,7 @@ def _lowercase_fix(s: str, ok: bool) -> str | None:
     return f"write it in lowercase: {s.lower()!r}" if ok and s != s.lower() else None
 
 
-class _Parser:
-    def __init__(self, file: str, obj: str) -> None:
-        self.file, self.obj = file, obj
-
-    def fail(self, msg: str, fld: str, fix: str | None = None) -> ConfigError:
-        return ConfigError(msg, file=self.file, obj=self.obj, field=fld, fix=fix)
-
-    def mapping(self, v: Any, fld: str) -> dict[str, Any]:
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            raise self.fail(f"must be a mapping, not {type(v).__name__}", fld)
-        return v
-
-    def listing(self, v: Any, fld: str) -> list[Any]:
-        if v is None:
-            return []
-        if not isinstance(v, list):
-            raise self.fail(f"must be a list, not {type(v).__name__}", fld)
-        return v
-
+class _Parser(FieldParser):
     def string(self, v: Any, fld: str) -> str:
         if not isinstance(v, str):
             raise self.fail(f"{v!r} must be a string, not {type(v).__name__}", fld,

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab_kit import naming
-from lab_kit.errors import ConfigError
+from lab_kit.fields import FieldParser
 
 if TYPE_CHECKING:
     from lab_kit.kernel import Runner
@@ -156,27 +156,7 @@ class NetworkPolicy:
 
 # --- parsing and validation (the API server's rules) -----------------------------------------
 
-class _Parser:
-    def __init__(self, file: str, obj: str) -> None:
-        self.file, self.obj = file, obj
-
-    def fail(self, msg: str, fld: str, fix: str | None = None) -> ConfigError:
-        return ConfigError(msg, file=self.file, obj=self.obj, field=fld, fix=fix)
-
-    def mapping(self, v: Any, fld: str) -> dict[str, Any]:
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            raise self.fail(f"must be a mapping, not {type(v).__name__}", fld)
-        return v
-
-    def listing(self, v: Any, fld: str) -> list[Any]:
-        if v is None:
-            return []
-        if not isinstance(v, list):
-            raise self.fail(f"must be a list, not {type(v).__name__}", fld)
-        return v
-
+class _Parser(FieldParser):
     def selector(self, d: Any, fld: str) -> LabelSelector:
         d = self.mapping(d, fld)
         unknown = set(d) - {"matchLabels", "matchExpressions"}
