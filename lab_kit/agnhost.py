@@ -44,7 +44,7 @@ class Served:
 
 def http_answer(path: str, hostname: str, peer: tuple[str, int]) -> tuple[int, str]:
     url = urllib.parse.urlsplit(path)
-    if url.path == "/hostname" or url.path.endswith("/hostname"):
+    if url.path.endswith("/hostname"):  # also /api/hostname (see above)
         return 200, hostname
     if url.path == "/clientip":
         return 200, f"{peer[0]}:{peer[1]}"

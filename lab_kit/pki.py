@@ -440,13 +440,7 @@ class LabCA:
         ])
         start = datetime.now(UTC) - _BACKDATE
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + timedelta(days=365 * _CA_YEARS))
+            _builder(subject, subject, key, start, 365 * _CA_YEARS)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -462,8 +456,8 @@ class LabCA:
         )
         directory.mkdir(parents=True, exist_ok=True)
         # key first, each written whole then renamed: a crash never leaves a ca.crt without key
-        _write_atomic(directory / CA_KEY_FILE, _key_pem(key), 0o600)
-        _write_atomic(directory / CA_CERT_FILE, _cert_pem(cert), 0o644)
+        write_file(directory / CA_KEY_FILE, _key_pem(key), 0o600)
+        write_file(directory / CA_CERT_FILE, _cert_pem(cert), 0o644)
         return cls(directory, cert, key)
 
     @property
@@ -503,13 +497,8 @@ class LabCA:
         except x509.ExtensionNotFound:
             aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)]))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + timedelta(days=days))
+            _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)]),
+                     self._cert.subject, key, start, days)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_server_key_usage(), critical=True)
@@ -552,11 +541,21 @@ class LabCA:
         }
 
 
+def _builder(subject: x509.Name, issuer: x509.Name, key: Any, start: datetime,
+             days: int) -> x509.CertificateBuilder:
+    """A certificate for `key`'s public half, a random serial, valid `days` from `start`."""
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + timedelta(days=days)))
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` whole to a temporary file with `mode` (0o600: key material), then rename it
+    over `path`: a reader never sees half a file, and the mode never depends on the umask."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -579,13 +578,7 @@ def fake_certificate() -> tuple[bytes, bytes]:
     ])
     start = datetime.now(UTC) - _BACKDATE
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=365))
+        _builder(name, name, key, start, 365)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("ingress.local")]),
                        critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
