@@ -191,7 +191,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             if args.output in ("json", "yaml"):
                 out += objs
             elif objs:
-                print(_ingress_table(c, objs, ns))
+                print(_ingress_table(objs, [c.state["ingresses"][k]["created"] for k in keys],
+                                     ns))
             else:
                 print("No resources found" + (f" in {ns} namespace." if ns else "."),
                       file=sys.stderr)
@@ -232,16 +233,8 @@ def _stored_policies(c, namespace: str | None, names: list[str]) -> list[dict[st
 
 def _policy_object(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored NetworkPolicy as `kubectl get netpol -o yaml` shows it."""
-    import datetime
-    p = stored["spec"]
-    meta: dict[str, Any] = {"name": p["name"], "namespace": p["namespace"]}
-    if p.get("labels"):
-        meta["labels"] = p["labels"]
-    if stored.get("created"):
-        meta["creationTimestamp"] = datetime.datetime.fromtimestamp(
-            stored["created"], datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
-            "spec": p["spec"]}
+    from lab_kit import model
+    return model.stored_object("networking.k8s.io/v1", "NetworkPolicy", stored)
 
 
 def _policy_table(stored: list[dict[str, Any]], namespace: str | None):
@@ -258,20 +251,16 @@ def _policy_table(stored: list[dict[str, Any]], namespace: str | None):
                  + ["NAME", "POD-SELECTOR", "AGE"], rows)
 
 
-def _ingress_table(c, objs: list[dict[str, Any]], namespace: str | None):
+def _ingress_table(objs: list[dict[str, Any]], created: list[float], namespace: str | None):
     """`kubectl get ingress`: NAMESPACE (with -A), NAME, CLASS, HOSTS, ADDRESS, PORTS, AGE."""
-    import datetime
-
     from lab_kit.cluster import Table
     rows = []
-    for o in objs:
+    for o, t in zip(objs, created, strict=True):
         spec = o["spec"]
         hosts = [r.get("host") or "*" for r in spec.get("rules") or []] or ["*"]
         addr = ",".join(i["ip"] for i in o["status"].get("loadBalancer", {}).get("ingress", []))
         ports = "80, 443" if spec.get("tls") else "80"
-        made = datetime.datetime.strptime(o["metadata"]["creationTimestamp"],
-                                          "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-        age = human_duration(time.time() - made.timestamp())
+        age = human_duration(time.time() - t)
         rows.append(([o["metadata"]["namespace"]] if namespace is None else [])
                     + [o["metadata"]["name"], spec.get("ingressClassName") or "<none>",
                        ",".join(dict.fromkeys(hosts)), addr, ports, age])

@@ -60,7 +60,13 @@ POD_CAPACITY_PER_NODE = 253  # a /24 minus network, broadcast and the cni0 gatew
 Progress = Callable[[str], None]
 
 
-INGRESS_KINDS = ("ingresses", "ingressclasses", "secrets")  # their keys in the state
+# objects stored as {"spec", "created"} under a state key: (state key, kubectl's resource name)
+STORED_KINDS: dict[type, tuple[str, str]] = {
+    ingress.Ingress: ("ingresses", "ingress.networking.k8s.io"),
+    ingress.Secret: ("secrets", "secret"),
+    model.IngressClass: ("ingressclasses", "ingressclass.networking.k8s.io"),
+}
+INGRESS_KINDS = tuple(what for what, _ in STORED_KINDS.values())
 # every node's own resolv.conf (kubelet's --resolv-conf): dnsmasq on the `external` host
 NODE_RESOLV = clusterdns.node_resolv_conf(config.EXTERNAL_IP)
 
@@ -983,7 +989,7 @@ class Cluster:
                     say("network policy: syncing filter rules on every node")
                 self._sync_policies(state)
             if not policies_only:
-                self._sync_ingress(state, say=say)
+                self._sync_ingress(state)
             dns_pods = self._dns_pods(state)
             if self._start_programs(dns_pods):
                 self.wait_dns()
@@ -1098,10 +1104,8 @@ class Cluster:
 
     def ingresses(self, namespace: str | None = None) -> list[ingress.Ingress]:
         """The stored Ingress objects (of `namespace`, or all), oldest first."""
-        items = sorted((self.state.get("ingresses") or {}).values(),
-                       key=lambda v: (v["created"], v["spec"]["namespace"], v["spec"]["name"]))
-        out = [ingress.ingress_from_json(v["spec"]) for v in items]
-        return [i for i in out if namespace is None or i.namespace == namespace]
+        return [i for i in _stored_ingresses(self.state)
+                if namespace is None or i.namespace == namespace]
 
     def ingress_status(self, name: str, namespace: str = "default") -> dict[str, Any]:
         """What the controller reported for one Ingress: `address` (the controller's
@@ -1116,65 +1120,45 @@ class Cluster:
     def get_ingress(self, name: str, namespace: str = "default") -> dict[str, Any]:
         """One Ingress as `kubectl get ingress NAME -o yaml` shows it, with the status the
         controller published (its load-balancer address)."""
-        import datetime
         key = name if "/" in name else f"{namespace}/{name}"
         stored = (self.state.get("ingresses") or {}).get(key)
         if stored is None:
             raise LabError(f'ingresses.networking.k8s.io "{key.split("/", 1)[1]}" not found '
                            f"in namespace {key.split('/', 1)[0]}")
-        d = stored["spec"]
-        meta: dict[str, Any] = {"name": d["name"], "namespace": d["namespace"],
-                                "creationTimestamp": datetime.datetime.fromtimestamp(
-                                    stored["created"], datetime.UTC).strftime(
-                                        "%Y-%m-%dT%H:%M:%SZ")}
-        if d.get("labels"):
-            meta["labels"] = d["labels"]
-        if d.get("annotations"):
-            meta["annotations"] = d["annotations"]
         addr = ((self.state.get("ingressStatus") or {}).get(key) or {}).get("address")
-        return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
-                "spec": d["spec"],
+        return {**model.stored_object("networking.k8s.io/v1", "Ingress", stored),
                 "status": {"loadBalancer": {"ingress": [{"ip": addr}]} if addr else {}}}
 
     def ingress_routes(self) -> list[dict[str, Any]]:
         """The controllers' routing table: host, path, backend, endpoints, TLS, status."""
-        return [r for c in (self.state.get("ingressControllers") or {}).values()
-                for r in c.get("routes", [])]
+        return list(self.state.get("ingressRoutes") or [])
 
-    def _sync_ingress(self, state: dict[str, Any], exclude: Iterable[str] = (),
-                      say: Progress = None) -> None:  # type: ignore[assignment]
+    def _sync_ingress(self, state: dict[str, Any], exclude: Iterable[str] = ()) -> None:
         """The ingress-nginx controller: render each controller pod's nginx config from the
         Ingresses of its class, check it with `nginx -t`, and (re)load it gracefully; then
-        publish the Ingress hosts to the external host's DNS (like external-dns)."""
+        publish the Ingress hosts to the external host's DNS (like external-dns). Pods in
+        `exclude` are about to go (the caller's EndpointSlices already leave them out)."""
         gone = set(exclude)
         ctrls = [p for p in self._ingress_controllers(state) if
                  f"{p['spec']['namespace']}/{p['spec']['name']}" not in gone]
-        report: dict[str, Any] = {}
+        routes: list[dict[str, Any]] = []
         status: dict[str, dict[str, Any]] = {}
-        slices = state.get("endpointslices") or {}
-        if gone:
-            slices = services.endpoint_slices(state["services"], state["pods"], gone)
-        secrets = {k: ingress.secret_from_json(v["spec"])
-                   for k, v in (state.get("secrets") or {}).items()}
-        classes = {k: model.ingress_class_from_json(v["spec"])
-                   for k, v in (state.get("ingressclasses") or {}).items()}
-        stored = sorted((state.get("ingresses") or {}).values(),
-                        key=lambda v: (v["created"], v["spec"]["namespace"], v["spec"]["name"]))
-        all_ings = [ingress.ingress_from_json(v["spec"]) for v in stored]
         hosts: dict[str, str] = {}
+        if ctrls:
+            secrets = {k: ingress.secret_from_json(v["spec"])
+                       for k, v in (state.get("secrets") or {}).items()}
+            classes = {k: model.ingress_class_from_json(v["spec"])
+                       for k, v in (state.get("ingressclasses") or {}).items()}
+            all_ings = _stored_ingresses(state)
         for p in ctrls:
-            spec = model.pod_from_json(p["spec"])
-            cls = spec.arg("ingress-class") or "nginx"
+            cls = model.pod_from_json(p["spec"]).arg("ingress-class") or "nginx"
             ic = classes.get(cls)
             ings = [i for i in all_ings if ic is not None and i.ingress_class == cls
                     and ic.controller == ingress_nginx.CONTROLLER]
             address = self._controller_address(state, p)
-            rendered = self._configure_controller(p, ings, state["services"], slices, secrets)
-            key = f"{spec.namespace}/{spec.name}"
-            report[key] = {"class": cls, "address": address,
-                           "routes": [dataclasses.asdict(r) for r in rendered.routes],
-                           "reload": [dataclasses.asdict(e)
-                                      for e in rendered.events.get("", [])]}
+            rendered = self._configure_controller(p, ings, state["services"],
+                                                  state.get("endpointslices") or {}, secrets)
+            routes += [dataclasses.asdict(r) for r in rendered.routes]
             for i in ings:
                 st = status.setdefault(i.key, {"address": address, "events": []})
                 st["events"] += [dataclasses.asdict(e) for e in rendered.events.get(i.key, [])]
@@ -1182,11 +1166,9 @@ class Cluster:
                     for r in i.rules:
                         if r.host and not r.host.startswith("*."):
                             hosts.setdefault(r.host, address)
-        state["ingressControllers"] = report
+        state["ingressRoutes"] = routes
         state["ingressStatus"] = status
-        if ctrls or state.get("ingressHosts"):
-            self._publish_ingress_hosts(hosts)
-            state["ingressHosts"] = hosts
+        self._publish_ingress_hosts(hosts)  # unchanged (the usual case): nothing is written
 
     def _controller_address(self, state: dict[str, Any], pod: dict[str, Any]) -> str | None:
         """The address ingress-nginx publishes in Ingress status (its --publish-service): the
@@ -1213,36 +1195,27 @@ class Cluster:
         fake = d / "certs" / f"{ingress_nginx.FAKE_CERT}.pem"
         if not fake.exists():
             crt, key = pki.fake_certificate()
-            _write_private(fake, crt + key)
-        gen_file = d / "generation"
-        gen = int(gen_file.read_text()) if gen_file.exists() else 0
-        def render(generation: int) -> ingress_nginx.Rendered:
-            return ingress_nginx.render(ings, svcs, slices, secrets, prefix=d,
-                                        generation=generation, check_cert=pki.check_tls_pair)
+            pki.write_file(fake, crt + key, 0o600)
+        rendered = ingress_nginx.render(ings, svcs, slices, secrets, prefix=d,
+                                        check_cert=pki.check_tls_pair)
         conf = d / "nginx.conf"
-        rendered = render(gen)  # the running config, if nothing changed
         running = self._nginx_pid(d, netns)
-        if running and conf.exists() and conf.read_text() == rendered.conf and all(
-                (d / "certs" / n).exists() and (d / "certs" / n).read_bytes() == c
-                for n, c in rendered.files.items()):
+        # the checksum covers the certificates too: the same text is the same config
+        if running and conf.exists() and conf.read_text() == rendered.conf:
             return rendered  # nothing changed: no reload (ingress-nginx skips it too)
-        rendered = render(gen + 1)
         for n, c in rendered.files.items():
-            _write_private(d / "certs" / n, c)
+            pki.write_file(d / "certs" / n, c, 0o600)
         candidate = d / "nginx.conf.new"
         candidate.write_text(rendered.conf)
         test = self.runner.run(["nginx", "-t", "-q", "-p", str(d), "-c", str(candidate)], netns,
                                check=False, source="ingress-nginx")
         if test.rc != 0:
             msg = (test.stderr or test.stdout).strip()
-            rendered.events.setdefault("", []).append(ingress_nginx.Event(
-                "Warning", "RELOAD", f"Error reloading NGINX: {msg}; the last good config "
-                "stays in force"))
             for i in ings:
-                rendered.warn(i.key, "RELOAD", f"Error reloading NGINX: {msg}")
+                rendered.warn(i.key, "RELOAD", f"Error reloading NGINX: {msg}; the last good "
+                              "config stays in force")
             return rendered
         os.replace(candidate, conf)
-        gen_file.write_text(str(gen + 1))
         if running:
             old_workers = _children(running)
             self.runner.note(["kill", "-HUP", str(running)], netns, source="ingress-nginx")
@@ -1251,36 +1224,34 @@ class Cluster:
             old_workers = []
             self.runner.run(["nginx", "-p", str(d), "-c", str(conf)], netns,
                             source="ingress-nginx")
-        self._wait_generation(netns, gen + 1, old_workers)
+        self._wait_config(netns, rendered.checksum, old_workers)
         return rendered
 
     def _nginx_pid(self, d: Path, netns: str) -> int | None:
         """The nginx master of a controller pod, if it is running."""
         try:
             pid = int((d / "nginx.pid").read_text())
+            alive = os.stat(f"/proc/{pid}/ns/net").st_ino == kernel.netns_inode(netns)
         except (OSError, ValueError):
             return None
-        inode = kernel.netns_inode(netns)
-        if inode is None or pid not in kernel.pids_in_netns({inode}):
-            return None
-        return pid
+        return pid if alive else None
 
-    def _wait_generation(self, netns: str, gen: int, old_workers: list[int],
-                         timeout: float = 5.0) -> None:
-        """Until only workers running config `gen` take new connections. On a reload the
+    def _wait_config(self, netns: str, checksum: str, old_workers: list[int],
+                     timeout: float = 5.0) -> None:
+        """Until only workers running the config `checksum` take new connections. On a reload the
         master starts new workers, then tells the old ones to shut down gracefully: each
         closes its listening sockets (its title becomes "worker process is shutting down")
         and finishes the requests it holds. Until then an old worker may still accept."""
-        url = f"http://127.0.0.1:{ingress_nginx.STATUS_PORT}/generation"
+        url = f"http://127.0.0.1:{ingress_nginx.STATUS_PORT}/checksum"
         deadline = time.monotonic() + timeout
         got = ""
         while time.monotonic() < deadline:
             got = self.runner.run(["curl", "-s", "--max-time", "1", url], netns, check=False,
                                   record=False).stdout.strip()
-            if got == str(gen) and not [p for p in old_workers if _accepting(p)]:
+            if got == checksum and not [p for p in old_workers if _accepting(p)]:
                 return
             time.sleep(0.02)
-        raise LabError(f"the ingress controller in `{netns}` did not load config {gen} within "
+        raise LabError(f"the ingress controller in `{netns}` did not load config {checksum} within "
                        f"{timeout:.0f} s (it answers {got or 'nothing'}); see its error.log")
 
     def _publish_ingress_hosts(self, hosts: dict[str, str]) -> None:
@@ -1693,9 +1664,8 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
     for o, src in objs:
         if isinstance(o, model.Namespace):
             continue
-        if isinstance(o, model.IngressClass):
-            _plan_object(plan, state, "ingressclasses", o.key, model.ingress_class_to_json(o),
-                         f"ingressclass.networking.k8s.io/{o.name}")
+        if isinstance(o, model.IngressClass):  # cluster-scoped
+            _plan_object(plan, state, o, model.ingress_class_to_json(o))
             continue
         obj = f"{type(o).__name__}/{o.namespace}/{o.name}"
         if o.namespace not in namespaces:
@@ -1752,11 +1722,9 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
                 if default is not None:
                     ing = dataclasses.replace(
                         ing, ingress_class=default, spec={**ing.spec, "ingressClassName": default})
-            _plan_object(plan, state, "ingresses", o.key, ingress.ingress_to_json(ing),
-                         f"ingress.networking.k8s.io/{o.name}")
+            _plan_object(plan, state, o, ingress.ingress_to_json(ing))
         elif isinstance(o, ingress.Secret):
-            _plan_object(plan, state, "secrets", o.key, ingress.secret_to_json(o),
-                         f"secret/{o.name}")
+            _plan_object(plan, state, o, ingress.secret_to_json(o))
         elif isinstance(o, model.Deployment):
             old = state["deployments"].get(o.key)
             plan.deployments[o.key] = model.deployment_to_json(o)
@@ -1781,15 +1749,16 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
     return plan
 
 
-def _plan_object(plan: Plan, state: dict[str, Any], what: str, key: str, spec: dict[str, Any],
-                 label: str) -> None:
+def _plan_object(plan: Plan, state: dict[str, Any], o: model.Object, spec: dict[str, Any]
+                 ) -> None:
     """Record one Ingress, IngressClass or Secret of an apply (its first creation time kept:
     the oldest Ingress wins a conflict)."""
-    old = (state.get(what) or {}).get(key)
-    plan.objects.setdefault(what, {})[key] = {"spec": spec,
-                                             "created": old["created"] if old else time.time()}
+    what, resource = STORED_KINDS[type(o)]
+    old = (state.get(what) or {}).get(o.key)
+    plan.objects.setdefault(what, {})[o.key] = {
+        "spec": spec, "created": old["created"] if old else time.time()}
     verb = "created" if old is None else ("unchanged" if old["spec"] == spec else "configured")
-    plan.messages.append(f"{label} {verb}")
+    plan.messages.append(f"{resource}/{o.name} {verb}")
 
 
 def _default_ingress_class(state: dict[str, Any], plan: Plan) -> str | None:
@@ -1829,11 +1798,8 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                 plan.messages.append(f'networkpolicy.networking.k8s.io "{o.name}" deleted')
             else:
                 plan.messages.append(f'networkpolicy.networking.k8s.io "{o.name}" not found')
-        elif isinstance(o, (ingress.Ingress, ingress.Secret, model.IngressClass)):
-            what, kind = {ingress.Ingress: ("ingresses", "ingress.networking.k8s.io"),
-                          ingress.Secret: ("secrets", "secret"),
-                          model.IngressClass: ("ingressclasses",
-                                               "ingressclass.networking.k8s.io")}[type(o)]
+        elif type(o) in STORED_KINDS:
+            what, kind = STORED_KINDS[type(o)]
             if o.key in (state.get(what) or {}):
                 plan.delete_objects.setdefault(what, []).append(o.key)
                 plan.messages.append(f'{kind} "{o.name}" deleted')
@@ -1861,6 +1827,13 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
     return plan
 
 
+def _stored_ingresses(state: dict[str, Any]) -> list[ingress.Ingress]:
+    """The stored Ingresses, oldest first (the oldest wins a host+path conflict)."""
+    stored = sorted((state.get("ingresses") or {}).values(),
+                    key=lambda v: (v["created"], v["spec"]["namespace"], v["spec"]["name"]))
+    return [ingress.ingress_from_json(v["spec"]) for v in stored]
+
+
 def _children(pid: int) -> list[int]:
     """The child processes of `pid` (an nginx master's workers)."""
     out = []
@@ -1883,13 +1856,6 @@ def _accepting(pid: int) -> bool:
     except OSError:
         return False
     return b"worker process" in title and b"shutting down" not in title
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write key material readable by root only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _warn_neighbour_limit(pods: int) -> None:

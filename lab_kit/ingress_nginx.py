@@ -22,13 +22,16 @@ What it shares with ingress-nginx (facts from its docs and templates; the code i
   controller's self-signed fake certificate, with a warning event.
 - Every config is checked with `nginx -t` before it replaces the running one; a config nginx
   refuses is never loaded (the last good one stays in force). A reload is nginx's own graceful
-  one: new workers take new connections, old ones finish the requests they hold.
+  one: new workers take new connections, old ones finish the requests they hold. A config
+  carries its checksum (of the text and the certificates), which the status server answers:
+  how the caller knows which config the workers run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,6 @@ from typing import Any
 from lab_kit.ingress import HTTPPath, Ingress, Secret, ServiceBackend
 
 CONTROLLER = "k8s.io/ingress-nginx"
-CONTROLLER_IMAGES = ("registry.k8s.io/ingress-nginx/controller",)
-DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 STATUS_PORT = 10246  # ingress-nginx's internal status server (127.0.0.1 only)
 HEALTH_PORT = 10254  # /healthz, as the controller's liveness probe
 FAKE_CERT = "default-fake-certificate"
@@ -69,6 +70,7 @@ class Route:
 class Rendered:
     """The full nginx config for one controller, plus what the controller reports."""
     conf: str
+    checksum: str = ""  # of `conf` and `files`; in the config, answered by the status server
     files: dict[str, bytes] = field(default_factory=dict)  # certs/keys, by file name
     events: dict[str, list[Event]] = field(default_factory=dict)  # Ingress key -> events
     routes: list[Route] = field(default_factory=list)
@@ -101,7 +103,6 @@ def _host_matches(pattern: str, host: str) -> bool:
 
 @dataclass
 class _Location:
-    path: str
     path_type: str
     ingress: str
     backend: ServiceBackend | None  # None: the controller's 404
@@ -167,8 +168,8 @@ def _resolve(backend: ServiceBackend, namespace: str, services: Mapping[str, dic
 
 def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
            slices: Mapping[str, dict[str, Any]], secrets: Mapping[str, Secret], *,
-           prefix: str | Path, generation: int = 0,
-           check_cert: Any = None) -> Rendered:
+           prefix: str | Path,
+           check_cert: Callable[[bytes, bytes], Any] | None = None) -> Rendered:
     """The nginx config for `ingresses` (already filtered to this controller's class, oldest
     first). `check_cert(cert_pem, key_pem)` returns an object with `.matches(host)` or raises
     ValueError; without it certificates are not checked."""
@@ -176,7 +177,6 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
     out = Rendered(conf="")
     default = _Server("_")
     servers: dict[str, _Server] = {}
-    certs: dict[str, tuple[str | None, str]] = {}  # host -> (cert file or None, why not)
 
     def secret_cert(ing: Ingress, secret_name: str | None, host: str) -> str | None:
         if secret_name is None:
@@ -227,32 +227,24 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
             hosts_of_ing.append(server)
             for p in rule.paths:
                 for kind, path in _nginx_locations(p):
-                    add(server, _Location(p.path or "/", p.path_type, ing.key, p.backend,
-                                          ing.namespace), kind, path)
+                    add(server, _Location(p.path_type, ing.key, p.backend, ing.namespace),
+                        kind, path)
         if ing.default_backend is not None:
-            targets = hosts_of_ing or [default]
-            for server in targets:
-                if ("", "/") not in server.locations:
-                    add(server, _Location("/", "Prefix", ing.key, ing.default_backend,
-                                          ing.namespace), "", "/")
-                elif server is default and not hosts_of_ing:
-                    add(server, _Location("/", "Prefix", ing.key, ing.default_backend,
+            # the hosts of its rules fall back to it where no path `/` is set; an Ingress with
+            # only a default backend takes the default server (a second one conflicts)
+            for server in hosts_of_ing or [default]:
+                if server is default or ("", "/") not in server.locations:
+                    add(server, _Location("Prefix", ing.key, ing.default_backend,
                                           ing.namespace), "", "/")
         for tls in ing.tls:
             for host in tls.hosts:
                 for server in servers.values():
-                    if not _host_matches(host, server.host) and host != server.host:
-                        continue
-                    if server.host in certs and certs[server.host][0]:
-                        continue
-                    server.tls_wanted = True
-                    certs[server.host] = (secret_cert(ing, tls.secret_name, server.host), "")
-
-    for host, (cert, _) in certs.items():
-        servers[host].cert = cert
+                    if _host_matches(host, server.host) and server.cert is None:
+                        server.tls_wanted = True  # a later entry may still bring a good cert
+                        server.cert = secret_cert(ing, tls.secret_name, server.host)
 
     upstreams: dict[str, list[str]] = {}
-    lines = [f"# rendered by lab_kit for ingress-nginx, generation {generation}",
+    lines = ["# rendered by lab_kit for ingress-nginx, checksum @CHECKSUM@",
              "worker_processes 1;", f"pid {prefix / 'nginx.pid'};",
              f"error_log {prefix / 'error.log'} warn;", "events { worker_connections 1024; }",
              "http {"]
@@ -323,7 +315,7 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
             body += ['if ($scheme = http) {', '    return 308 https://$host$request_uri;', '}']
         locs = dict(server.locations)
         if ("", "/") not in locs:
-            locs[("", "/")] = _Location("/", "Prefix", "", None, "")
+            locs[("", "/")] = _Location("Prefix", "", None, "")
         for (kind, path), loc in sorted(locs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             body += location_block(server, kind, path, loc)
         return ["server {", *["    " + b for b in body], "}"]
@@ -338,11 +330,16 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
         http += [f"upstream {up} {{", *[f"    server {e} max_fails=0;" for e in eps],
                  "    keepalive 320;", "}"]
     http += blocks
-    # the status server: /generation tells which config the workers run; /healthz for probes
+    # the status server: /checksum tells which config the workers run; /healthz for probes
     http += ["server {", f"    listen 127.0.0.1:{STATUS_PORT};",
-             f'    location = /generation {{ return 200 "{generation}\\n"; }}', "}",
+             '    location = /checksum { return 200 "@CHECKSUM@\\n"; }', "}",
              "server {", f"    listen {HEALTH_PORT};",
              '    location = /healthz { return 200 "ok\\n"; }', "}"]
     lines += ["    " + h for h in http] + ["}"]
-    out.conf = "\n".join(lines) + "\n"
+    conf = "\n".join(lines) + "\n"
+    digest = hashlib.sha256(conf.encode())
+    for name, content in sorted(out.files.items()):
+        digest.update(name.encode() + b"\0" + content)
+    out.checksum = digest.hexdigest()[:16]
+    out.conf = conf.replace("@CHECKSUM@", out.checksum)
     return out

@@ -373,6 +373,21 @@ def _labels(meta: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
 
 
+def stored_object(api_version: str, kind: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored namespaced object ({"spec": {namespace, name, labels, [annotations,] spec},
+    "created": time}) as `kubectl get KIND NAME -o yaml` shows it, without status."""
+    import datetime
+    d = stored["spec"]
+    meta: dict[str, Any] = {"name": d["name"], "namespace": d["namespace"]}
+    for k in ("labels", "annotations"):
+        if d.get(k):
+            meta[k] = d[k]
+    if stored.get("created"):
+        meta["creationTimestamp"] = datetime.datetime.fromtimestamp(
+            stored["created"], datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": d["spec"]}
+
+
 def _annotations(meta: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
 

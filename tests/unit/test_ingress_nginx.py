@@ -58,7 +58,7 @@ def render(tmp_path: Path, ings: list[ingress.Ingress], secrets: dict[str, ingre
     crt, key = pki.fake_certificate()
     (tmp_path / "certs" / f"{ingress_nginx.FAKE_CERT}.pem").write_bytes(crt + key)
     out = ingress_nginx.render(ings, SERVICES, SLICES, secrets or {}, prefix=tmp_path,
-                               generation=7, check_cert=pki.check_tls_pair)
+                               check_cert=pki.check_tls_pair)
     for n, c in out.files.items():
         (tmp_path / "certs" / n).write_bytes(c)
     conf = tmp_path / "nginx.conf"
@@ -186,3 +186,20 @@ def test_many_ingresses_render_a_config_nginx_accepts(tmp_path: Path) -> None:
     hosts = {r.host for r in out.routes}
     assert len(hosts) == 9  # seven hosts, the wildcard, the default server
     assert sum(len(v) for v in out.events.values()) > 0  # the repeats are conflicts
+
+
+def test_checksum_covers_the_config_and_the_certificates(tmp_path: Path) -> None:
+    ca = pki.LabCA.load_or_create(tmp_path / "ca")
+
+    def with_cert() -> ingress_nginx.Rendered:
+        sec = ingress.parse_secret("default", "t", {}, ca.tls_secret("t", hosts=["a.example.com"]))
+        return render(tmp_path, [ing("a", {"tls": [{"hosts": ["a.example.com"], "secretName": "t"}],
+                                           "rules": [rule("a.example.com", path("/", "web"))]})],
+                      {sec.key: sec})
+    plain = render(tmp_path, [ing("a", {"rules": [rule("a.example.com", path("/", "web"))]})])
+    again = render(tmp_path, [ing("a", {"rules": [rule("a.example.com", path("/", "web"))]})])
+    assert plain.conf == again.conf and len(plain.checksum) == 16
+    assert f'location = /checksum {{ return 200 "{plain.checksum}\\n"; }}' in plain.conf
+    first, second = with_cert(), with_cert()  # a new certificate for the same host and file
+    assert first.checksum not in (plain.checksum, second.checksum)
+    assert first.conf.replace(first.checksum, "") == second.conf.replace(second.checksum, "")
