@@ -143,8 +143,9 @@ def dig(netns: str, name: str, rtype: str = "A", server: str | None = None,
     r = _in_pod(netns, argv, timeout=5 + 8 * timeout)
     m = _STATUS_RE.search(r.stdout)
     if m is None and not any("refused" in t for t in (r.stdout, r.stderr)):
-        # silent twice: ask once more before calling the server silent (in full test-suite
-        # runs a reply from the external host's dnsmasq has, rarely, gone missing for ~2 s)
+        # silent twice: ask once more, from a new process and so a new source port, before
+        # calling the server silent (in full test-suite runs an exchange with the external
+        # host's dnsmasq has, rarely, gone unanswered for both of dig's tries)
         r = _in_pod(netns, argv, timeout=5 + 8 * timeout)
         m = _STATUS_RE.search(r.stdout)
     srv = _SERVER_RE.search(r.stdout)

@@ -3,7 +3,6 @@ LoadBalancer Service, reached from the `external` host by name, over HTTP and HT
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import textwrap
@@ -91,12 +90,13 @@ def curl(c: Cluster, urls: list[str], *extra: str) -> list[tuple[int, str]]:
         host = u.split("/")[2]
         port = 443 if u.startswith("https") else 80
         args = " ".join([f"--resolve {host}:{port}:{ip}", *extra])
-        script.append(f"curl -s --max-time 5 {args} -o /tmp/.b -w '%{{http_code}}' '{u}'"
-                      f" ; echo \" $(tr -d '\\n' < /tmp/.b 2>/dev/null)\"; rm -f /tmp/.b")
+        # one line per URL: the body (line breaks dropped), then |status
+        script.append(f"echo \"$(curl -s --max-time 5 {args} -w '|%{{http_code}}' '{u}' "
+                      "| tr -d '\\r\\n')\"")
     out = c.external.sh("\n".join(script), check=False).splitlines()
     res = []
     for line in out[:len(urls)]:
-        code, _, body = line.partition(" ")
+        body, _, code = line.rpartition("|")
         res.append((int(code) if code.isdigit() else 0, body))
     return res
 
@@ -331,8 +331,7 @@ def test_controller_pod_deleted_and_recreated_serves_again(cluster: Cluster) -> 
 
 def test_teardown_leaves_no_nginx(tmp_path: Path) -> None:
     from lab_kit.pytest_plugin import processes_with
-    conf = dataclasses.replace(config.default_config(unique_name("in"), workers=1))
-    c = Cluster.up(conf, root=tmp_path)
+    c = Cluster.up(config.default_config(unique_name("in"), workers=1), root=tmp_path)
     try:
         c.apply(CONTROLLER)
         state = str(c.store.dir)
