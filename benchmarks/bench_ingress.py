@@ -23,7 +23,7 @@ Printed: requests/s, p50/p99 latency, socket errors and non-2xx answers for each
 ratios ingress/direct (throughput and p99). The test server answers in Python, so it is the
 bottleneck of `direct`; the ratio says what the extra hop costs on this machine, not what
 nginx can do. A measurement, not a test: exit 0 unless something broke. Run as root from the
-repository root (about 40 s):
+repository root (35 s on this machine):
 
     sudo .venv/bin/python benchmarks/bench_ingress.py [--seconds 8] [--connections 32]
 """
