@@ -6,7 +6,8 @@ asyncio process per node opens its listening sockets *inside each pod's network 
 pod's ports are really the pod's, at the cost of one interpreter per node instead of per pod.
 
 HTTP (every TCP containerPort): `/hostname` (the pod's name), `/clientip` (`ip:port` of the
-peer as the pod sees it), `/echo?msg=…`, `/healthz`, `/` (a timestamp). Unlike agnhost, any
+peer as the pod sees it), `/echo?msg=…`, `/header?key=NAME` (the request's header NAME, several
+values joined with ", "), `/healthz`, `/` (a timestamp). Unlike agnhost, any
 path ending in `/hostname` (`/api/hostname`) also answers the name, so a request routed by an
 Ingress path prefix says which pod served it without a rewrite.
 UDP (every UDP containerPort), like agnhost's UDP server: `hostname`, `clientip`, `echo <text>`;
@@ -42,7 +43,9 @@ class Served:
     udp: dict[int, asyncio.DatagramTransport] = field(default_factory=dict)
 
 
-def http_answer(path: str, hostname: str, peer: tuple[str, int]) -> tuple[int, str]:
+def http_answer(path: str, hostname: str, peer: tuple[str, int],
+                headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """(status, body) for one request; `headers` by lowercase name."""
     url = urllib.parse.urlsplit(path)
     if url.path.endswith("/hostname"):  # also /api/hostname (see above)
         return 200, hostname
@@ -51,6 +54,9 @@ def http_answer(path: str, hostname: str, peer: tuple[str, int]) -> tuple[int, s
     if url.path == "/echo":
         q = urllib.parse.parse_qs(url.query)
         return 200, q.get("msg", [""])[0]
+    if url.path == "/header":
+        key = urllib.parse.parse_qs(url.query).get("key", [""])[0].lower()
+        return 200, (headers or {}).get(key, "")
     if url.path == "/healthz":
         return 200, "ok"
     if url.path == "/":
@@ -96,14 +102,19 @@ class AgnHost:
                     break
                 parts = line.decode(errors="replace").split()
                 keep_alive = len(parts) > 2 and parts[2] == "HTTP/1.1"
+                headers: dict[str, str] = {}
                 while True:  # headers
                     h = await asyncio.wait_for(reader.readline(), 30)
                     if h in (b"\r\n", b"\n", b""):
                         break
-                    low = h.decode(errors="replace").lower()
+                    name, _, value = h.decode(errors="replace").partition(":")
+                    name, value = name.strip().lower(), value.strip()
+                    headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                    low = f"{name}:{value.lower()}"
                     if low.startswith("connection:"):
                         keep_alive = "keep-alive" in low or (keep_alive and "close" not in low)
-                status, body = http_answer(parts[1] if len(parts) > 1 else "/", hostname, peer)
+                status, body = http_answer(parts[1] if len(parts) > 1 else "/", hostname, peer,
+                                           headers)
                 data = body.encode()
                 reason = "OK" if status == 200 else "Not Found"
                 conn = "keep-alive" if keep_alive else "close"
