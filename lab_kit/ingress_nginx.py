@@ -244,34 +244,9 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
                         server.cert = secret_cert(ing, tls.secret_name, server.host)
 
     upstreams: dict[str, list[str]] = {}
-    lines = ["# rendered by lab_kit for ingress-nginx, checksum @CHECKSUM@",
-             "worker_processes 1;", f"pid {prefix / 'nginx.pid'};",
-             f"error_log {prefix / 'error.log'} warn;", "events { worker_connections 1024; }",
-             "http {"]
-    http = [
-        "log_format upstreaminfo '$remote_addr - [$time_local] \"$request\" $status "
-        "$body_bytes_sent host=$host upstream=$proxy_upstream_name addr=$upstream_addr';",
-        f"access_log {prefix / 'access.log'} upstreaminfo;",
-        f"client_body_temp_path {prefix / 'tmp' / 'body'};",
-        f"proxy_temp_path {prefix / 'tmp' / 'proxy'};",
-        f"fastcgi_temp_path {prefix / 'tmp' / 'fastcgi'};",
-        f"uwsgi_temp_path {prefix / 'tmp' / 'uwsgi'};",
-        f"scgi_temp_path {prefix / 'tmp' / 'scgi'};",
-        "server_names_hash_bucket_size 128;",
-        "default_type text/plain;",
-        "proxy_http_version 1.1;",
-        "proxy_set_header Host $host;",
-        "proxy_set_header Connection \"\";",
-        "proxy_set_header X-Real-IP $remote_addr;",
-        "proxy_set_header X-Forwarded-For $remote_addr;",
-        "proxy_set_header X-Forwarded-Host $host;",
-        "proxy_set_header X-Forwarded-Proto $scheme;",
-        "proxy_connect_timeout 5s;",
-        "proxy_next_upstream error timeout;",
-        f"ssl_certificate {prefix / 'certs' / (FAKE_CERT + '.pem')};",
-        f"ssl_certificate_key {prefix / 'certs' / (FAKE_CERT + '.pem')};",
-        "ssl_protocols TLSv1.2 TLSv1.3;",
-    ]
+    http = http_defaults(prefix)
+    http += [f"ssl_certificate {prefix / 'certs' / (FAKE_CERT + '.pem')};",
+             f"ssl_certificate_key {prefix / 'certs' / (FAKE_CERT + '.pem')};"]
 
     def location_block(server: _Server, kind: str, path: str, loc: _Location) -> list[str]:
         head = f"location {'= ' if kind == '=' else ''}{path} {{"
@@ -324,22 +299,68 @@ def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
     blocks += server_block(default)
     for host in sorted(servers):
         blocks += server_block(servers[host])
-    for up, eps in sorted(upstreams.items()):
-        # ingress-nginx keeps idle connections to the endpoints open (its
-        # upstream-keepalive-connections, 320 by default)
-        http += [f"upstream {up} {{", *[f"    server {e} max_fails=0;" for e in eps],
-                 "    keepalive 320;", "}"]
+    http += upstream_blocks(upstreams)
     http += blocks
-    # the status server: /checksum tells which config the workers run; /healthz for probes
-    http += ["server {", f"    listen 127.0.0.1:{STATUS_PORT};",
-             '    location = /checksum { return 200 "@CHECKSUM@\\n"; }', "}",
-             "server {", f"    listen {HEALTH_PORT};",
-             '    location = /healthz { return 200 "ok\\n"; }', "}"]
-    lines += ["    " + h for h in http] + ["}"]
-    conf = "\n".join(lines) + "\n"
-    digest = hashlib.sha256(conf.encode())
-    for name, content in sorted(out.files.items()):
-        digest.update(name.encode() + b"\0" + content)
-    out.checksum = digest.hexdigest()[:16]
-    out.conf = conf.replace("@CHECKSUM@", out.checksum)
+    out.conf, out.checksum = finish(http, out.files, prefix, "ingress-nginx")
     return out
+
+
+# --- shared with the Gateway API side (gateway_nginx.py) --------------------------------------
+
+PROXY_HEADERS = (("Host", "$host"), ("Connection", '""'), ("X-Real-IP", "$remote_addr"),
+                 ("X-Forwarded-For", "$remote_addr"), ("X-Forwarded-Host", "$host"),
+                 ("X-Forwarded-Proto", "$scheme"))
+
+
+def http_defaults(prefix: Path) -> list[str]:
+    """The `http` block's settings every controller config starts with: logs, temp paths, the
+    proxy headers and timeouts, TLS protocols."""
+    return [
+        "log_format upstreaminfo '$remote_addr - [$time_local] \"$request\" $status "
+        "$body_bytes_sent host=$host upstream=$proxy_upstream_name addr=$upstream_addr';",
+        f"access_log {prefix / 'access.log'} upstreaminfo;",
+        f"client_body_temp_path {prefix / 'tmp' / 'body'};",
+        f"proxy_temp_path {prefix / 'tmp' / 'proxy'};",
+        f"fastcgi_temp_path {prefix / 'tmp' / 'fastcgi'};",
+        f"uwsgi_temp_path {prefix / 'tmp' / 'uwsgi'};",
+        f"scgi_temp_path {prefix / 'tmp' / 'scgi'};",
+        "server_names_hash_bucket_size 128;",
+        "default_type text/plain;",
+        "proxy_http_version 1.1;",
+        *[f"proxy_set_header {h} {v};" for h, v in PROXY_HEADERS],
+        "proxy_connect_timeout 5s;",
+        "proxy_next_upstream error timeout;",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+    ]
+
+
+def upstream_blocks(upstreams: Mapping[str, Sequence[str]]) -> list[str]:
+    """One `upstream` per name, over its "ip:port" endpoints. Like ingress-nginx (its
+    upstream-keepalive-connections, 320 by default), idle connections to the endpoints stay
+    open."""
+    out: list[str] = []
+    for up, eps in sorted(upstreams.items()):
+        out += [f"upstream {up} {{", *[f"    server {e} max_fails=0;" for e in eps],
+                "    keepalive 320;", "}"]
+    return out
+
+
+def finish(http: list[str], files: Mapping[str, bytes], prefix: Path, title: str
+           ) -> tuple[str, str]:
+    """The whole config around the `http` block's lines, with the status servers added: /checksum
+    (127.0.0.1 only) tells which config the workers run; /healthz for probes. Returns (config,
+    checksum); the checksum covers the text and the certificate files."""
+    head = [f"# rendered by lab_kit for {title}, checksum @CHECKSUM@", "worker_processes 1;",
+            f"pid {prefix / 'nginx.pid'};", f"error_log {prefix / 'error.log'} warn;",
+            "events { worker_connections 1024; }"]
+    http = [*http,
+            "server {", f"    listen 127.0.0.1:{STATUS_PORT};",
+            '    location = /checksum { return 200 "@CHECKSUM@\\n"; }', "}",
+            "server {", f"    listen {HEALTH_PORT};",
+            '    location = /healthz { return 200 "ok\\n"; }', "}"]
+    conf = "\n".join([*head, "http {", *["    " + h for h in http], "}"]) + "\n"
+    digest = hashlib.sha256(conf.encode())
+    for name, content in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + content)
+    checksum = digest.hexdigest()[:16]
+    return conf.replace("@CHECKSUM@", checksum), checksum
