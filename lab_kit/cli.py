@@ -204,9 +204,28 @@ def cmd_get(args: argparse.Namespace) -> int:
                 [v["spec"]["name"] + (" (default)" if v["spec"]["default"] else ""),
                  v["spec"]["controller"], "<none>", human_duration(time.time() - v["created"])]
                 for v in stored]))
+        elif kind in _GATEWAY_KINDS:
+            gkind, what = _GATEWAY_KINDS[kind]
+            ns = None if args.all_namespaces or gkind == "GatewayClass" else (
+                args.namespace or "default")
+            keys = [k for k in sorted(c.state.get(what) or {})
+                    if ns is None or k.split("/", 1)[0] == ns]
+            if args.names:
+                keys = [n if gkind == "GatewayClass" else f"{ns or 'default'}/{n}"
+                        for n in args.names]
+            objs = [c.get_gateway_object(gkind, k) for k in keys]
+            if args.output in ("json", "yaml"):
+                out += objs
+            elif objs:
+                print(_gateway_table(gkind, objs, [c.state[what][k]["created"] for k in keys],
+                                     ns is None and gkind != "GatewayClass"))
+            else:
+                print("No resources found" + (f" in {ns} namespace." if ns else "."),
+                      file=sys.stderr)
         else:
             raise LabError(f"cannot get {kind!r} yet: try pods, nodes, svc, endpointslices, "
-                           "networkpolicies, ingress or ingressclass")
+                           "networkpolicies, ingress, ingressclass, gatewayclass, gateway or "
+                           "httproute")
     if args.output == "json":
         print(json.dumps(out, indent=2, default=list))
     elif args.output == "yaml":
@@ -266,6 +285,40 @@ def _ingress_table(objs: list[dict[str, Any]], created: list[float], namespace: 
                        ",".join(dict.fromkeys(hosts)), addr, ports, age])
     return Table((["NAMESPACE"] if namespace is None else [])
                  + ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"], rows)
+
+
+_GATEWAY_KINDS = {
+    **dict.fromkeys(("gatewayclasses", "gatewayclass", "gc"), ("GatewayClass", "gatewayclasses")),
+    **dict.fromkeys(("gateways", "gateway", "gtw"), ("Gateway", "gateways")),
+    **dict.fromkeys(("httproutes", "httproute"), ("HTTPRoute", "httproutes")),
+}
+
+
+def _condition(obj: dict[str, Any], type_: str) -> str:
+    return next((c["status"] for c in obj.get("status", {}).get("conditions", [])
+                 if c["type"] == type_), "Unknown")
+
+
+def _gateway_table(kind: str, objs: list[dict[str, Any]], created: list[float], all_ns: bool):
+    """`kubectl get gatewayclass|gateway|httproute`, with the columns of the CRDs'
+    additionalPrinterColumns."""
+    from lab_kit.cluster import Table
+    rows = []
+    for o, t in zip(objs, created, strict=True):
+        spec, age = o["spec"], human_duration(time.time() - t)
+        if kind == "GatewayClass":
+            row = [o["metadata"]["name"], spec["controllerName"], _condition(o, "Accepted"), age]
+        elif kind == "Gateway":
+            addr = ",".join(a["value"] for a in o["status"].get("addresses", []))
+            row = [o["metadata"]["name"], spec["gatewayClassName"], addr,
+                   _condition(o, "Programmed"), age]
+        else:
+            row = [o["metadata"]["name"], ",".join(spec.get("hostnames") or []) or "*", age]
+        rows.append(([o["metadata"]["namespace"]] if all_ns else []) + row)
+    head = {"GatewayClass": ["NAME", "CONTROLLER", "ACCEPTED", "AGE"],
+            "Gateway": ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"],
+            "HTTPRoute": ["NAME", "HOSTNAMES", "AGE"]}[kind]
+    return Table((["NAMESPACE"] if all_ns else []) + head, rows)
 
 
 def human_duration(seconds: float) -> str:
@@ -579,9 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace")
     p = add("get", cmd_get, "list pods or nodes (like kubectl get -o wide)")
     p.add_argument("kind", help="pods, nodes, svc, endpointslices, networkpolicies (netpol), "
-                   "ingress (ing), ingressclass, or several: svc,endpointslices")
+                   "ingress (ing), ingressclass, gatewayclass (gc), gateway (gtw), httproute, "
+                   "or several: svc,endpointslices")
     p.add_argument("names", nargs="*", help="only these objects (Services, NetworkPolicies, "
-                   "Ingresses)")
+                   "Ingresses, Gateway API objects)")
     p.add_argument("-n", "--namespace")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default="wide")

@@ -40,6 +40,7 @@ from lab_kit import (
     clusterdns,
     cni,
     config,
+    gateway_nginx,
     ingress,
     ingress_nginx,
     kernel,
@@ -50,6 +51,7 @@ from lab_kit import (
     pki,
     services,
 )
+from lab_kit import gateway as gw
 from lab_kit.errors import ConfigError, LabError, NotRunningError
 from lab_kit.kernel import Journal, Runner
 from lab_kit.reachability import Reachability
@@ -65,6 +67,9 @@ STORED_KINDS: dict[type, tuple[str, str]] = {
     ingress.Ingress: ("ingresses", "ingress.networking.k8s.io"),
     ingress.Secret: ("secrets", "secret"),
     model.IngressClass: ("ingressclasses", "ingressclass.networking.k8s.io"),
+    gw.GatewayClass: ("gatewayclasses", "gatewayclass.gateway.networking.k8s.io"),
+    gw.Gateway: ("gateways", "gateway.gateway.networking.k8s.io"),
+    gw.HTTPRoute: ("httproutes", "httproute.gateway.networking.k8s.io"),
 }
 INGRESS_KINDS = tuple(what for what, _ in STORED_KINDS.values())
 # every node's own resolv.conf (kubelet's --resolv-conf): dnsmasq on the `external` host
@@ -1095,7 +1100,8 @@ class Cluster:
 
     def _ingress_dir(self, pod: dict[str, Any]) -> Path:
         spec = pod["spec"]
-        return self.store.dir / "ingress-nginx" / f"{spec['namespace']}.{spec['name']}"
+        program = model.pod_from_json(spec).program
+        return self.store.dir / program / f"{spec['namespace']}.{spec['name']}"
 
     def lab_ca(self) -> pki.LabCA:
         """The cluster's certificate authority (made on first use): it issues the certificates
@@ -1128,6 +1134,44 @@ class Cluster:
         addr = ((self.state.get("ingressStatus") or {}).get(key) or {}).get("address")
         return {**model.stored_object("networking.k8s.io/v1", "Ingress", stored),
                 "status": {"loadBalancer": {"ingress": [{"ip": addr}]} if addr else {}}}
+
+    def get_gateway_object(self, kind: str, name: str, namespace: str = "default"
+                           ) -> dict[str, Any]:
+        """A GatewayClass, Gateway or HTTPRoute as `kubectl get KIND NAME -o yaml` shows it, with
+        the status the controller wrote (conditions, addresses, listeners, parents)."""
+        what = {"GatewayClass": "gatewayclasses", "Gateway": "gateways",
+                "HTTPRoute": "httproutes"}[kind]
+        resource = STORED_KINDS[{"gatewayclasses": gw.GatewayClass, "gateways": gw.Gateway,
+                                 "httproutes": gw.HTTPRoute}[what]][1].split(".", 1)[0]
+        key = name if kind == "GatewayClass" or "/" in name else f"{namespace}/{name}"
+        stored = (self.state.get(what) or {}).get(key)
+        if stored is None:
+            where = "" if kind == "GatewayClass" else f" in namespace {key.split('/', 1)[0]}"
+            raise LabError(f'{resource}s.{gw.GROUP} "{key.rsplit("/", 1)[-1]}" not found{where}')
+        if kind == "GatewayClass":
+            d = stored["spec"]
+            obj = {"apiVersion": gw.API_VERSION, "kind": kind,
+                   "metadata": {"name": d["name"], **({"labels": d["labels"]}
+                                                     if d.get("labels") else {})},
+                   "spec": d["spec"]}
+        else:
+            obj = model.stored_object(gw.API_VERSION, kind, stored)
+        section = {"gatewayclasses": "classes", "gateways": "gateways",
+                   "httproutes": "routes"}[what]
+        st = (self.state.get("gatewayStatus") or {}).get(section, {}).get(key)
+        if st is None:  # no controller has taken it (yet): upstream's initial status
+            pending = [{"type": t, "status": "Unknown", "reason": "Pending",
+                        "message": "Waiting for controller"}
+                       for t in (("Accepted",) if kind == "GatewayClass" else
+                                 ("Accepted", "Programmed"))]
+            st = {"parents": []} if kind == "HTTPRoute" else {"conditions": pending}
+        obj["status"] = copy.deepcopy(st)
+        return obj
+
+    def gateway_routes(self) -> list[dict[str, Any]]:
+        """The Gateway API controller's routing table: gateway, listener, hostname, path, match
+        conditions, action (backends with their share, a redirect, or an error), route."""
+        return list(self.state.get("gatewayRoutes") or [])
 
     def ingress_routes(self) -> list[dict[str, Any]]:
         """The controllers' routing table: host, path, backend, endpoints, TLS, status."""
@@ -1168,7 +1212,61 @@ class Cluster:
                             hosts.setdefault(r.host, address)
         state["ingressRoutes"] = routes
         state["ingressStatus"] = status
+        for h, ip in self._sync_gateway(state, gone).items():
+            hosts.setdefault(h, ip)
         self._publish_ingress_hosts(hosts)  # unchanged (the usual case): nothing is written
+
+    def _sync_gateway(self, state: dict[str, Any], gone: set[str]) -> dict[str, str]:
+        """The Gateway API controller (NGINX Gateway Fabric's role): render each controller
+        pod's nginx config from the Gateways of its classes and their HTTPRoutes, load it as
+        the Ingress controller does, and write every object's status. Returns the routes'
+        hostnames -> the controller's load-balancer IP, for the external host's DNS."""
+        ctrls = [p for _, p in sorted(state["pods"].items())
+                 if model.pod_from_json(p["spec"]).program == "nginx-gateway"
+                 and f"{p['spec']['namespace']}/{p['spec']['name']}" not in gone]
+        old = state.get("gatewayStatus") or {}
+        status: dict[str, dict[str, Any]] = {"classes": {}, "gateways": {}, "routes": {}}
+        table: list[dict[str, Any]] = []
+        hosts: dict[str, str] = {}
+        stored = {what: state.get(what) or {} for what in ("gatewayclasses", "gateways",
+                                                            "httproutes")}
+        if ctrls and (stored["gateways"] or stored["gatewayclasses"]):
+            classes = [gw.gateway_class_from_json(v["spec"])
+                       for v in stored["gatewayclasses"].values()]
+            gateways = [(gw.gateway_from_json(v["spec"]), v["created"])
+                        for v in stored["gateways"].values()]
+            routes = [(gw.httproute_from_json(v["spec"]), v["created"])
+                      for v in stored["httproutes"].values()]
+            secrets = {k: ingress.secret_from_json(v["spec"])
+                       for k, v in (state.get("secrets") or {}).items()}
+            namespaces = {n: v.get("labels") or {} for n, v in state["namespaces"].items()}
+            p = ctrls[0]  # one data plane serves every Gateway of the class (NGF 1.x's layout)
+            address = self._controller_address(state, p)
+            d = self._controller_dir(p)
+            res = gateway_nginx.render(classes, gateways, routes, state["services"],
+                                       state.get("endpointslices") or {}, secrets, namespaces,
+                                       address=address, prefix=d, check_cert=pki.check_tls_pair)
+            err = self._load_nginx(p, d, res.conf, res.checksum, res.files)
+            if err:
+                for st in res.gateways.values():
+                    st["conditions"] = [c for c in st["conditions"] if c["type"] != "Programmed"]
+                    st["conditions"].append(gateway_nginx.cond(
+                        "Programmed", False, "Invalid", f"nginx refused the config: {err}; the "
+                        "last good config stays in force"))
+            status = {"classes": res.classes, "gateways": res.gateways, "routes": res.routes}
+            table = [dataclasses.asdict(r) for r in res.table]
+            if address:
+                for route, _ in routes:
+                    st = res.routes.get(route.key) or {}
+                    if any(c["type"] == "Accepted" and c["status"] == "True"
+                           for par in st.get("parents", []) for c in par["conditions"]):
+                        for h in route.hostnames:
+                            if not h.startswith("*."):
+                                hosts.setdefault(h, address)
+        _stamp_conditions(status, old)
+        state["gatewayStatus"] = status
+        state["gatewayRoutes"] = table
+        return hosts
 
     def _controller_address(self, state: dict[str, Any], pod: dict[str, Any]) -> str | None:
         """The address ingress-nginx publishes in Ingress status (its --publish-service): the
@@ -1186,46 +1284,60 @@ class Cluster:
     def _configure_controller(self, pod: dict[str, Any], ings: list[ingress.Ingress],
                               svcs: dict[str, Any], slices: dict[str, Any],
                               secrets: dict[str, ingress.Secret]) -> ingress_nginx.Rendered:
-        """Render, check with `nginx -t`, then start nginx or reload it, and wait until its
-        workers answer from the new config. A config nginx refuses is never loaded."""
+        """Render the Ingresses of one controller pod and load the config; a config nginx
+        refuses is never loaded, and each Ingress gets a RELOAD event saying why."""
+        d = self._controller_dir(pod)
+        rendered = ingress_nginx.render(ings, svcs, slices, secrets, prefix=d,
+                                        check_cert=pki.check_tls_pair)
+        err = self._load_nginx(pod, d, rendered.conf, rendered.checksum, rendered.files)
+        if err:
+            for i in ings:
+                rendered.warn(i.key, "RELOAD", f"Error reloading NGINX: {err}; the last good "
+                              "config stays in force")
+        return rendered
+
+    def _controller_dir(self, pod: dict[str, Any]) -> Path:
+        """A controller pod's nginx prefix, with its certs/ (the fake certificate made once)
+        and tmp/."""
         d = self._ingress_dir(pod)
-        netns = pod["netns"]
         for sub in ("certs", "tmp"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         fake = d / "certs" / f"{ingress_nginx.FAKE_CERT}.pem"
         if not fake.exists():
             crt, key = pki.fake_certificate()
             pki.write_file(fake, crt + key, 0o600)
-        rendered = ingress_nginx.render(ings, svcs, slices, secrets, prefix=d,
-                                        check_cert=pki.check_tls_pair)
+        return d
+
+    def _load_nginx(self, pod: dict[str, Any], d: Path, text: str, checksum: str,
+                    files: dict[str, bytes]) -> str | None:
+        """Check a config with `nginx -t`, then start nginx or reload it, and wait until its
+        workers answer from the new config. None when loaded (or unchanged); nginx's complaint
+        when it refused the config (the last good one stays in force)."""
+        netns = pod["netns"]
         conf = d / "nginx.conf"
         running = self._nginx_pid(d, netns)
         # the checksum covers the certificates too: the same text is the same config
-        if running and conf.exists() and conf.read_text() == rendered.conf:
-            return rendered  # nothing changed: no reload (ingress-nginx skips it too)
-        for n, c in rendered.files.items():
+        if running and conf.exists() and conf.read_text() == text:
+            return None  # nothing changed: no reload (ingress-nginx skips it too)
+        for n, c in files.items():
             pki.write_file(d / "certs" / n, c, 0o600)
         candidate = d / "nginx.conf.new"
-        candidate.write_text(rendered.conf)
+        candidate.write_text(text)
+        source = model.pod_from_json(pod["spec"]).program
         test = self.runner.run(["nginx", "-t", "-q", "-p", str(d), "-c", str(candidate)], netns,
-                               check=False, source="ingress-nginx")
+                               check=False, source=source)
         if test.rc != 0:
-            msg = (test.stderr or test.stdout).strip()
-            for i in ings:
-                rendered.warn(i.key, "RELOAD", f"Error reloading NGINX: {msg}; the last good "
-                              "config stays in force")
-            return rendered
+            return (test.stderr or test.stdout).strip()
         os.replace(candidate, conf)
         if running:
             old_workers = _children(running)
-            self.runner.note(["kill", "-HUP", str(running)], netns, source="ingress-nginx")
+            self.runner.note(["kill", "-HUP", str(running)], netns, source=source)
             os.kill(running, signal.SIGHUP)  # nginx's graceful reload
         else:
             old_workers = []
-            self.runner.run(["nginx", "-p", str(d), "-c", str(conf)], netns,
-                            source="ingress-nginx")
-        self._wait_config(netns, rendered.checksum, old_workers)
-        return rendered
+            self.runner.run(["nginx", "-p", str(d), "-c", str(conf)], netns, source=source)
+        self._wait_config(netns, checksum, old_workers)
+        return None
 
     def _nginx_pid(self, d: Path, netns: str) -> int | None:
         """The nginx master of a controller pod, if it is running."""
@@ -1667,6 +1779,9 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
         if isinstance(o, model.IngressClass):  # cluster-scoped
             _plan_object(plan, state, o, model.ingress_class_to_json(o))
             continue
+        if isinstance(o, gw.GatewayClass):  # cluster-scoped
+            _plan_object(plan, state, o, gw.gateway_class_to_json(o))
+            continue
         obj = f"{type(o).__name__}/{o.namespace}/{o.name}"
         if o.namespace not in namespaces:
             raise ConfigError(f'namespace "{o.namespace}" not found', file=src.file, obj=obj,
@@ -1725,6 +1840,10 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
             _plan_object(plan, state, o, ingress.ingress_to_json(ing))
         elif isinstance(o, ingress.Secret):
             _plan_object(plan, state, o, ingress.secret_to_json(o))
+        elif isinstance(o, gw.Gateway):
+            _plan_object(plan, state, o, gw.gateway_to_json(o))
+        elif isinstance(o, gw.HTTPRoute):
+            _plan_object(plan, state, o, gw.httproute_to_json(o))
         elif isinstance(o, model.Deployment):
             old = state["deployments"].get(o.key)
             plan.deployments[o.key] = model.deployment_to_json(o)
@@ -1819,12 +1938,34 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                                          if k.startswith(o.name + "/")]
                 plan.delete_policies += [k for k in state.get("networkpolicies") or {}
                                          if k.startswith(o.name + "/")]
-                for what in ("ingresses", "secrets"):
+                for what in ("ingresses", "secrets", "gateways", "httproutes"):
                     plan.delete_objects.setdefault(what, []).extend(
                         k for k in state.get(what) or {} if k.startswith(o.name + "/"))
                 plan.messages.append(f'namespace "{o.name}" deleted')
     plan.delete_pods = sorted(set(plan.delete_pods))
     return plan
+
+
+def _stamp_conditions(new: Any, old: Any, now: str | None = None) -> None:
+    """Give every condition in `new` a lastTransitionTime: the old one where the same condition
+    (by its place in the status) kept its status, else now."""
+    import datetime
+    now = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(new, dict):
+        if "conditions" in new and isinstance(new["conditions"], list):
+            was = {c["type"]: c for c in (old or {}).get("conditions", [])
+                   if isinstance(old, dict)}
+            for c in new["conditions"]:
+                prev = was.get(c["type"])
+                c["lastTransitionTime"] = prev["lastTransitionTime"] if prev and \
+                    prev["status"] == c["status"] and "lastTransitionTime" in prev else now
+        for k, v in new.items():
+            if k != "conditions":
+                _stamp_conditions(v, old.get(k) if isinstance(old, dict) else None, now)
+    elif isinstance(new, list):
+        olds = old if isinstance(old, list) else []
+        for i, v in enumerate(new):
+            _stamp_conditions(v, olds[i] if i < len(olds) else None, now)
 
 
 def _stored_ingresses(state: dict[str, Any]) -> list[ingress.Ingress]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from lab_kit import gateway as gw
 from lab_kit import naming
 from lab_kit.errors import ConfigError
 from lab_kit.ingress import Ingress, Secret, parse_ingress, parse_secret
@@ -28,8 +29,12 @@ ADDON_NAMESPACES = ("kube-system",)  # the cluster's own pods (CoreDNS): left ou
 SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment"),
                    ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy"),
                    ("networking.k8s.io/v1", "Ingress"), ("networking.k8s.io/v1", "IngressClass"),
-                   ("v1", "Secret")}
+                   ("v1", "Secret"), (gw.API_VERSION, "GatewayClass"), (gw.API_VERSION, "Gateway"),
+                   (gw.API_VERSION, "HTTPRoute")}
 INGRESS_CONTROLLER_IMAGES = ("registry.k8s.io/ingress-nginx/controller",)
+# NGINX Gateway Fabric's control plane, before and after its move to ghcr.io/nginx
+GATEWAY_CONTROLLER_IMAGES = ("ghcr.io/nginxinc/nginx-gateway-fabric",
+                             "ghcr.io/nginx/nginx-gateway-fabric")
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 _CONTROLLER_NAME_RE = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[-._~a-zA-Z0-9/]+$")
@@ -91,6 +96,8 @@ class Pod:
                 return "coredns"
             if image in INGRESS_CONTROLLER_IMAGES:
                 return "ingress-nginx"
+            if image in GATEWAY_CONTROLLER_IMAGES:
+                return "nginx-gateway"
         return "agnhost"
 
     def arg(self, flag: str) -> str | None:
@@ -221,7 +228,8 @@ class IngressClass:
         return self.name
 
 
-Object = Pod | Deployment | Namespace | Service | NetworkPolicy | Ingress | Secret | IngressClass
+Object = (Pod | Deployment | Namespace | Service | NetworkPolicy | Ingress | Secret | IngressClass
+          | gw.GatewayClass | gw.Gateway | gw.HTTPRoute)
 
 
 @dataclass(frozen=True)
@@ -344,6 +352,11 @@ def _schema_check(doc: dict[str, Any], src: Source) -> None:
         raise ConfigError(f"{kind} ({api}) is not supported by this version of lab_kit",
                           file=src.file, obj=_obj_name(doc), field="kind",
                           fix=f"supported kinds: {supported}")
+    if api == gw.API_VERSION:  # a CRD's kind: no built-in schema; gateway.py validates it
+        if not isinstance(doc.get("metadata") or {}, dict):
+            raise ConfigError("metadata must be a mapping", file=src.file, obj=_obj_name(doc),
+                              field="metadata")
+        return
     _import_validator_libs()  # before jsonschema, so its slow optional import is skipped
     import jsonschema
 
@@ -538,6 +551,8 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
         return Namespace(name=name, labels=labels)
     if kind == "IngressClass":
         return _ingress_class(name, meta, doc.get("spec") or {}, src)
+    if kind == "GatewayClass":
+        return gw.parse_gateway_class(name, _labels(meta), doc.get("spec"), file=src.file)
     ns = meta.get("namespace") or "default"
     if not naming.DNS_SUBDOMAIN_RE.match(name) or len(name) > 63:
         raise ConfigError(f"{name!r} is not a valid name (lowercase letters, digits, '-' and "
@@ -554,6 +569,10 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
                              file=src.file)
     if kind == "Secret":
         return parse_secret(ns, name, _labels(meta), doc, file=src.file)
+    if kind == "Gateway":
+        return gw.parse_gateway(ns, name, _labels(meta), doc.get("spec"), file=src.file)
+    if kind == "HTTPRoute":
+        return gw.parse_httproute(ns, name, _labels(meta), doc.get("spec"), file=src.file)
     # Deployment
     spec = doc["spec"]
     replicas = int(spec.get("replicas", 1))
