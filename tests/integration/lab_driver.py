@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import egress_path
 import pytest
 
 from lab_kit import kernel
@@ -36,6 +37,9 @@ class LabDriver:
     lab_id: str
     answer_names: tuple[str, ...] = ()  # the notebook names the checks take as answers
     aliases: dict[str, str] = {}  # attribute -> notebook name (`lab.w1` for `W1`)
+    # the lab's checks send pod traffic out of the cluster: a failure after a solution is
+    # asked again for a while (see egress_path.py), with the evidence left as a warning
+    outside_path: bool = False
 
     def __init__(self) -> None:
         self.lab: Lab = get_lab(self.lab_id)
@@ -92,6 +96,11 @@ class LabDriver:
             assert all(r.hint for r in before), explain(before)
             self.solve(ex)
             after = Results(self.one(n) for n in names)
+            if self.outside_path and not after.all_passed:
+                after = egress_path.until(
+                    lambda names=names: Results(self.one(n) for n in names),
+                    lambda r: r.all_passed, f"{self.lab_id} after the solution of {ex}:\n"
+                    f"{explain(after)}", self.c.name, [n.name for n in self.c.nodes()])
             assert after.all_passed, f"after the solution of {ex}:\n{explain(after)}"
         final = self.run()
         assert final.all_passed, explain(final)

@@ -51,6 +51,7 @@ class Lab10(LabDriver):
 
     lab_id = LAB_ID
     answer_names = ("api_name", "api_search", "queries_relative", "queries_absolute")
+    outside_path = True  # fix-dns and count-queries: forwarded to the external resolver
 
     def __init__(self) -> None:
         super().__init__()

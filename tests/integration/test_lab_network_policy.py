@@ -56,6 +56,7 @@ class Lab11(LabDriver):
     """The notebook's setup cells, its names (`c`, `FRONTEND`, `apply_and_probe`) and checks."""
 
     lab_id = LAB_ID
+    outside_path = True  # ipblock-external: frontend -> the provider on the external host
 
     def __init__(self) -> None:
         super().__init__()
