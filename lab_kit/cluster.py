@@ -543,6 +543,8 @@ class Cluster:
         """Wait until every coredns pod answers from the latest objects; LabError naming the
         pod that does not."""
         behind = self._dns_behind(timeout)
+        if behind and self._start_programs(behind):  # a server that never started, or died
+            behind = self._dns_behind(timeout)
         if behind:
             p = behind[0]
             raise LabError(f"cluster DNS pod {p['spec']['namespace']}/{p['spec']['name']} does "
@@ -609,7 +611,7 @@ class Cluster:
         started = []
         for p in dns_pods:
             inode = kernel.netns_inode(p["netns"])
-            if inode is None or kernel.pids_in_netns({inode}):
+            if inode is None or _dns_server_running(inode):
                 continue
             name = p["spec"]["name"]
             d = self._dns_dir
@@ -2018,6 +2020,19 @@ def _settle(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | No
         return fn(*args), None
     except BaseException as e:  # re-raised by the caller after all threads are done
         return None, e
+
+
+def _dns_server_running(inode: int) -> bool:
+    """Whether a cluster DNS server runs in the netns `inode`. Only the server counts: any
+    other process there (a `lab-kit exec` in the pod, a probe) must not stop a start."""
+    for pid in kernel.pids_in_netns({inode}):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"lab_kit.dnsserver" in cmd:
+            return True
+    return False
 
 
 def _parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:
