@@ -410,6 +410,33 @@ class Cluster:
         path.write_text("\n".join(rules))
         self.runner.run(["iptables-restore", "--noflush", str(path)], ns, source="ip-masq-agent")
 
+    def _ensure_masquerade(self, conf: config.ClusterConfig, ns: str) -> None:
+        """Re-create the ip-masq-agent rules when they no longer read back whole (the real
+        agent re-syncs them every minute). CI caught a node whose IP-MASQ-AGENT chain
+        iptables could no longer list ("is incompatible, use 'nft'"), with pod flows to the
+        outside leaving un-masqueraded; the rules are checked after every kube-proxy sync."""
+        chain = self.runner.run(["iptables", "-t", "nat", "-S", "IP-MASQ-AGENT"], ns,
+                                check=False, record=False)
+        post = self.runner.run(["iptables", "-t", "nat", "-S", "POSTROUTING"], ns,
+                               check=False, record=False)
+        if chain.rc == 0 and "-j MASQUERADE" in chain.stdout and post.rc == 0 and \
+                "-j IP-MASQ-AGENT" in post.stdout:
+            return
+        print(f"[ip-masq-agent] {ns}: rules damaged ({(chain.stderr or post.stderr).strip()}); "
+              "re-creating them", file=sys.stderr)
+        listed = self.runner.run(["nft", "-a", "list", "chain", "ip", "nat", "POSTROUTING"], ns,
+                                 check=False, record=False).stdout
+        for line in listed.splitlines():
+            if "IP-MASQ-AGENT" in line and "# handle " in line:
+                handle = line.rsplit("# handle ", 1)[1].strip()
+                self.runner.run(["nft", "delete", "rule", "ip", "nat", "POSTROUTING", "handle",
+                                 handle], ns, check=False, source="ip-masq-agent")
+        self.runner.run(["nft", "flush", "chain", "ip", "nat", "IP-MASQ-AGENT"], ns, check=False,
+                        source="ip-masq-agent")
+        self.runner.run(["nft", "delete", "chain", "ip", "nat", "IP-MASQ-AGENT"], ns,
+                        check=False, source="ip-masq-agent")
+        self._setup_masquerade(conf, ns)
+
     def _setup_backend(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
         """Create the node's backend plumbing, or reconcile it with the current node list."""
         if conf.cni == "host-gw":
@@ -1058,6 +1085,7 @@ class Cluster:
             ns = naming.node_netns(n.name)
             kubeproxy.sync_node(self.runner, conf.kube_proxy_mode,
                                 services.proxy_input(conf, n.name, ports), ns, rules_dir)
+            self._ensure_masquerade(conf, ns)
             if stale:
                 kubeproxy.flush_udp_conntrack(self.runner, ns, stale)
         _parallel(conf.nodes, one)
