@@ -82,7 +82,7 @@ from lab_kit import naming
 from lab_kit.errors import ConfigError
 from lab_kit.fields import FieldParser
 from lab_kit.ingress import _is_ip, _lowercase_fix, _subdomain_problem, _wildcard_problem
-from lab_kit.netpol import _LABEL_NAME_RE, _LABEL_VALUE_RE, OPERATORS
+from lab_kit.netpol import _LABEL_NAME_RE, _LABEL_VALUE_RE, OPERATORS, LabelSelector, Requirement
 
 GROUP = "gateway.networking.k8s.io"
 API_VERSION = f"{GROUP}/v1"
@@ -125,12 +125,6 @@ class SecretRef:
 class RouteKind:
     group: str  # default gateway.networking.k8s.io
     kind: str
-
-
-@dataclass(frozen=True)
-class LabelSelector:
-    match_labels: dict[str, str]
-    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
 
 
 @dataclass(frozen=True)
@@ -632,8 +626,8 @@ class _Parser(FieldParser):
                                 f"drop `values`: {op} tests the key alone")
             for j, x in enumerate(vals):
                 self.label_value(x, f"{ef}.values[{j}]")
-            exprs.append((key, op, tuple(vals)))
-        return LabelSelector(labels, tuple(exprs))
+            exprs.append(Requirement(key, op, tuple(vals)))
+        return LabelSelector(tuple(sorted(labels.items())), tuple(exprs))
 
     def route_kind(self, v: Any, fld: str) -> RouteKind:
         d = self.struct(v, fld, ("group", "kind"), "a route kind")

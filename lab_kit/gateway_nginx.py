@@ -121,24 +121,6 @@ def intersect(listener: str | None, route_hosts: Sequence[str]) -> list[str | No
     return list(dict.fromkeys(out))
 
 
-# --- label selectors (allowedRoutes.namespaces.selector) -----------------------------------
-
-def selector_matches(sel: gw.LabelSelector, labels: Mapping[str, str]) -> bool:
-    if any(labels.get(k) != v for k, v in sel.match_labels.items()):
-        return False
-    for key, op, values in sel.match_expressions:
-        has = key in labels
-        if op == "In" and not (has and labels[key] in values):
-            return False
-        if op == "NotIn" and has and labels[key] in values:
-            return False
-        if op == "Exists" and not has:
-            return False
-        if op == "DoesNotExist" and has:
-            return False
-    return True
-
-
 # --- nginx text helpers -------------------------------------------------------------------
 
 def _q(s: str) -> str:
@@ -619,7 +601,7 @@ def _allows(lst: gw.Listener, g: gw.Gateway, route: gw.HTTPRoute,
     if lst.allowed_from == "Same":
         return route.namespace == g.namespace
     sel = lst.allowed_selector
-    return sel is not None and selector_matches(sel, namespaces.get(route.namespace, {}))
+    return sel is not None and sel.matches(namespaces.get(route.namespace, {}))
 
 
 def _server_block(s: _Server, r: _Renderer, out: Result, prefix: Path) -> list[str]:

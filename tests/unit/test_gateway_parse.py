@@ -27,6 +27,7 @@ from lab_kit.gateway import (
     PathMatch,
     PathModifier,
     Redirect,
+    Requirement,
     Rewrite,
     RouteKind,
     RouteMatch,
@@ -153,8 +154,8 @@ def test_gateway_parses_with_defaults() -> None:
                  certificate_refs=(SecretRef("", "Secret", "wild-tls", None),
                                    SecretRef("", "Secret", "other", "certs")),
                  allowed_from="Selector",
-                 allowed_selector=LabelSelector({"shared-gateway": "true"},
-                                                (("env", "In", ("dev", "lab")),)),
+                 allowed_selector=LabelSelector((("shared-gateway", "true"),),
+                                                (Requirement("env", "In", ("dev", "lab")),)),
                  allowed_kinds=(RouteKind(GROUP, "HTTPRoute"),)),
     )
     assert g.spec == GATEWAY and g.spec is not GATEWAY
