@@ -148,11 +148,21 @@ def _resolve(backend: ServiceBackend, namespace: str, services: Mapping[str, dic
     if port is None:
         have = ", ".join(f"{p['name'] or '(unnamed)'}:{p['port']}" for p in spec["ports"])
         return up, [], f'Service "{key}" does not have port {backend.port} (it has {have})'
-    eps: list[str] = []
+    eps = ready_endpoints(slices, namespace, backend.service, port)
+    if not eps:
+        return up, [], f'Service "{key}" has no ready endpoints for port {backend.port}'
+    return up, eps, "ok"
+
+
+def ready_endpoints(slices: Mapping[str, dict[str, Any]], namespace: str, service: str,
+                    port: Mapping[str, Any]) -> list[str]:
+    """"ip:port" of the ready endpoints behind one port (an entry of the Service's `ports`)
+    of Service `namespace/service`, from its EndpointSlices; sorted, each once."""
+    eps: set[str] = set()
     for s in slices.values():
         meta = s["metadata"]
         if meta["namespace"] != namespace or \
-                meta["labels"].get("kubernetes.io/service-name") != backend.service:
+                meta["labels"].get("kubernetes.io/service-name") != service:
             continue
         num = next((sp["port"] for sp in s["ports"] if sp["name"] == port["name"]
                     and sp["protocol"] == port["protocol"] and sp["port"] is not None), None)
@@ -160,10 +170,8 @@ def _resolve(backend: ServiceBackend, namespace: str, services: Mapping[str, dic
             continue
         for ep in s["endpoints"]:
             if ep.get("conditions", {}).get("ready", True):
-                eps += [f"{a}:{num}" for a in ep["addresses"]]
-    if not eps:
-        return up, [], f'Service "{key}" has no ready endpoints for port {backend.port}'
-    return up, sorted(set(eps)), "ok"
+                eps.update(f"{a}:{num}" for a in ep["addresses"])
+    return sorted(eps)
 
 
 def render(ingresses: Sequence[Ingress], services: Mapping[str, dict[str, Any]],
