@@ -49,6 +49,7 @@ from lab_kit.ingress_nginx import (
     PROXY_HEADERS,
     finish,
     http_defaults,
+    ready_endpoints,
     upstream_blocks,
 )
 
@@ -243,6 +244,7 @@ class _Renderer:
         self.upstreams: dict[str, list[str]] = {}
         self.splits: list[str] = []
         self.appended: dict[str, None] = {}  # headers a rule appends to (need a `map`)
+        self.chosen: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
 
     def backend(self, b: gw.BackendRef, register: bool = True) -> tuple[str, str, list[str]]:
         """(upstream, "ok" or the ResolvedRefs reason: message, endpoints) of one backendRef."""
@@ -262,28 +264,22 @@ class _Renderer:
             have = ", ".join(str(p["port"]) for p in spec["ports"])
             return INVALID_UPSTREAM, f'BackendNotFound: Service "{key}" has no port {b.port} ' \
                 f"(it has {have})", []
-        eps: list[str] = []
-        for s in self.slices.values():
-            meta = s["metadata"]
-            if meta["namespace"] != b.namespace or \
-                    meta["labels"].get("kubernetes.io/service-name") != b.name:
-                continue
-            num = next((sp["port"] for sp in s["ports"] if sp["name"] == port["name"]
-                        and sp["protocol"] == port["protocol"] and sp["port"] is not None), None)
-            if num is None:
-                continue
-            for ep in s["endpoints"]:
-                if ep.get("conditions", {}).get("ready", True):
-                    eps += [f"{a}:{num}" for a in ep["addresses"]]
+        eps = ready_endpoints(self.slices, b.namespace, b.name, port)
         up = f"{b.namespace}_{b.name}_{b.port}"  # NGINX Gateway Fabric's upstream naming
         if not eps:
             return NO_ENDPOINTS_UPSTREAM, "ok", []
         if register:
-            self.upstreams[up] = sorted(set(eps))
-        return up, "ok", sorted(set(eps))
+            self.upstreams[up] = eps
+        return up, "ok", eps
 
-    def choose(self, rule: gw.RouteRule) -> tuple[str, str, list[str]]:
-        """(nginx value for $lk_up, description, endpoints) of a rule's backendRefs."""
+    def choose(self, route: str, index: int, rule: gw.RouteRule) -> tuple[str, str, list[str]]:
+        """(nginx value for $lk_up, description, endpoints) of a rule's backendRefs; a rule
+        served by several locations shares one `split_clients`."""
+        if (route, index) not in self.chosen:
+            self.chosen[(route, index)] = self._choose(rule)
+        return self.chosen[(route, index)]
+
+    def _choose(self, rule: gw.RouteRule) -> tuple[str, str, list[str]]:
         picks = []
         eps: list[str] = []
         for b in rule.backend_refs:
@@ -711,7 +707,7 @@ def _action(a: _Action, r: _Renderer, headers: dict[str, str]
     if not rule.backend_refs:
         return ['return 500 "500 Internal Server Error: no backendRefs\\n";'], [], \
             "500 (no backendRefs)", []
-    up, desc, eps = r.choose(rule)
+    up, desc, eps = r.choose(a.route.key, a.rule_index, rule)
     branch = [f"set $lk_up {up};"]
     if mod is not None and mod.request_header_modifier is not None:
         hm = mod.request_header_modifier

@@ -237,3 +237,14 @@ def test_filters_render_to_valid_nginx(tmp_path: Path) -> None:
     actions = {row.path: row.action for row in res.table}
     assert actions["PathPrefix /z"] == "500 (no backend with a weight)"
     assert "no-ready-endpoints" in res.conf
+
+
+def test_a_weighted_rule_in_several_locations_has_one_split(tmp_path: Path) -> None:
+    # the weighted PathPrefix / rule is the fallback of location `= /x` too
+    res = render(tmp_path, [gateway(HTTP)], [route([
+        {"backendRefs": [{"name": "web", "port": 80, "weight": 3},
+                         {"name": "canary", "port": 80, "weight": 1}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/x"}, "method": "POST"}],
+         "backendRefs": [{"name": "canary", "port": 80}]}])])
+    assert res.conf.count("split_clients") == 1
+    assert res.conf.count("set $lk_up $lk_split_0;") == 2
