@@ -205,7 +205,9 @@ def cmd_get(args: argparse.Namespace) -> int:
                  v["spec"]["controller"], "<none>", human_duration(time.time() - v["created"])]
                 for v in stored]))
         elif kind in _GATEWAY_KINDS:
-            gkind, what = _GATEWAY_KINDS[kind]
+            from lab_kit.cluster import GATEWAY_KINDS
+            gkind = _GATEWAY_KINDS[kind]
+            what = GATEWAY_KINDS[gkind][0]
             ns = None if args.all_namespaces or gkind == "GatewayClass" else (
                 args.namespace or "default")
             keys = [k for k in sorted(c.state.get(what) or {})
@@ -287,10 +289,10 @@ def _ingress_table(objs: list[dict[str, Any]], created: list[float], namespace: 
                  + ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"], rows)
 
 
-_GATEWAY_KINDS = {
-    **dict.fromkeys(("gatewayclasses", "gatewayclass", "gc"), ("GatewayClass", "gatewayclasses")),
-    **dict.fromkeys(("gateways", "gateway", "gtw"), ("Gateway", "gateways")),
-    **dict.fromkeys(("httproutes", "httproute"), ("HTTPRoute", "httproutes")),
+_GATEWAY_KINDS = {  # kubectl's names and short names -> the kind
+    **dict.fromkeys(("gatewayclasses", "gatewayclass", "gc"), "GatewayClass"),
+    **dict.fromkeys(("gateways", "gateway", "gtw"), "Gateway"),
+    **dict.fromkeys(("httproutes", "httproute"), "HTTPRoute"),
 }
 
 

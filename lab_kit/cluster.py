@@ -72,6 +72,9 @@ STORED_KINDS: dict[type, tuple[str, str]] = {
     gw.HTTPRoute: ("httproutes", "httproute.gateway.networking.k8s.io"),
 }
 INGRESS_KINDS = tuple(what for what, _ in STORED_KINDS.values())
+# Gateway API kind -> (its state key, its section of state["gatewayStatus"])
+GATEWAY_KINDS = {"GatewayClass": ("gatewayclasses", "classes"),
+                 "Gateway": ("gateways", "gateways"), "HTTPRoute": ("httproutes", "routes")}
 # every node's own resolv.conf (kubelet's --resolv-conf): dnsmasq on the `external` host
 NODE_RESOLV = clusterdns.node_resolv_conf(config.EXTERNAL_IP)
 
@@ -1128,11 +1131,6 @@ class Cluster:
         return [p for _, p in sorted(pods.items())
                 if model.pod_from_json(p["spec"]).program == "ingress-nginx"]
 
-    def _ingress_dir(self, pod: dict[str, Any]) -> Path:
-        spec = pod["spec"]
-        program = model.pod_from_json(spec).program
-        return self.store.dir / program / f"{spec['namespace']}.{spec['name']}"
-
     def lab_ca(self) -> pki.LabCA:
         """The cluster's certificate authority (made on first use): it issues the certificates
         of TLS Secrets, and clients on the `external` host trust it (`curl --cacert`)."""
@@ -1169,15 +1167,12 @@ class Cluster:
                            ) -> dict[str, Any]:
         """A GatewayClass, Gateway or HTTPRoute as `kubectl get KIND NAME -o yaml` shows it, with
         the status the controller wrote (conditions, addresses, listeners, parents)."""
-        what = {"GatewayClass": "gatewayclasses", "Gateway": "gateways",
-                "HTTPRoute": "httproutes"}[kind]
-        resource = STORED_KINDS[{"gatewayclasses": gw.GatewayClass, "gateways": gw.Gateway,
-                                 "httproutes": gw.HTTPRoute}[what]][1].split(".", 1)[0]
+        what, section = GATEWAY_KINDS[kind]
         key = name if kind == "GatewayClass" or "/" in name else f"{namespace}/{name}"
         stored = (self.state.get(what) or {}).get(key)
         if stored is None:
             where = "" if kind == "GatewayClass" else f" in namespace {key.split('/', 1)[0]}"
-            raise LabError(f'{resource}s.{gw.GROUP} "{key.rsplit("/", 1)[-1]}" not found{where}')
+            raise LabError(f'{what}.{gw.GROUP} "{key.rsplit("/", 1)[-1]}" not found{where}')
         if kind == "GatewayClass":
             d = stored["spec"]
             obj = {"apiVersion": gw.API_VERSION, "kind": kind,
@@ -1186,8 +1181,6 @@ class Cluster:
                    "spec": d["spec"]}
         else:
             obj = model.stored_object(gw.API_VERSION, kind, stored)
-        section = {"gatewayclasses": "classes", "gateways": "gateways",
-                   "httproutes": "routes"}[what]
         st = (self.state.get("gatewayStatus") or {}).get(section, {}).get(key)
         if st is None:  # no controller has taken it (yet): upstream's initial status
             pending = [{"type": t, "status": "Unknown", "reason": "Pending",
@@ -1329,7 +1322,9 @@ class Cluster:
     def _controller_dir(self, pod: dict[str, Any]) -> Path:
         """A controller pod's nginx prefix, with its certs/ (the fake certificate made once)
         and tmp/."""
-        d = self._ingress_dir(pod)
+        spec = pod["spec"]
+        program = model.pod_from_json(spec).program
+        d = self.store.dir / program / f"{spec['namespace']}.{spec['name']}"
         for sub in ("certs", "tmp"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         fake = d / "certs" / f"{ingress_nginx.FAKE_CERT}.pem"
@@ -1983,8 +1978,8 @@ def _stamp_conditions(new: Any, old: Any, now: str | None = None) -> None:
     now = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(new, dict):
         if "conditions" in new and isinstance(new["conditions"], list):
-            was = {c["type"]: c for c in (old or {}).get("conditions", [])
-                   if isinstance(old, dict)}
+            was = {c["type"]: c for c in old.get("conditions", [])} \
+                if isinstance(old, dict) else {}
             for c in new["conditions"]:
                 prev = was.get(c["type"])
                 c["lastTransitionTime"] = prev["lastTransitionTime"] if prev and \

@@ -1,13 +1,15 @@
 """Patience for the pod -> outside path, with evidence.
 
 About once per full-suite run (never in a module run alone) a pod's new flows to the `external`
-host leave a node without the ip-masq-agent MASQUERADE: the node's conntrack shows them
-[UNREPLIED] with the pod's own address in the reply tuple, so the external host (which has no
-route to pods, as it should not) never answers. It lasted 20-30 s, then cleared by itself; the
-node's own traffic to the same server worked throughout, and the nat rules read back intact. The
-cause is not found yet. Tests whose subject is something else (DNS answers, policy verdicts)
-wait for the path with `until`, and leave the node's NAT counters, conntrack statistics and
-entries as a warning, so the next occurrence brings evidence instead of a red run.
+host left a node without the ip-masq-agent MASQUERADE: the node's conntrack showed them
+[UNREPLIED] with the pod's own address in the reply tuple, and the external host (which has no
+route to pods, as it should not) never answered; it lasted 20-30 s. One CI run caught the
+node's IP-MASQ-AGENT chain in a state iptables could not list ("incompatible, use 'nft'"); what
+wrote it is not known. The cluster now re-creates damaged ip-masq-agent rules after every
+kube-proxy sync (`Cluster._ensure_masquerade`). Tests whose subject is something else (DNS
+answers, policy verdicts) still wait for the path with `until`, and leave the node's NAT rules
+(as iptables and as nft see them), conntrack statistics and entries as a warning, so another
+occurrence brings evidence instead of a red run.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def report(cluster_name: str, nodes: list[str]) -> str:
     out = []
     ext = naming.external_netns(cluster_name)
     cmds = [(naming.node_netns(n), c) for n in nodes for c in (
-        "iptables-save -c -t nat | grep -E 'POSTROUTING|IP-MASQ|KUBE-POSTROUTING'",
+        "iptables-save -c -t nat | grep -E 'POSTROUTING|IP-MASQ|KUBE-POSTROUTING|incompatible'",
+        "nft -a list chain ip nat IP-MASQ-AGENT",
         "conntrack -S | head -3", "conntrack -L 2>/dev/null | grep -v 'dport=22 ' | tail -15",
         "ip neigh", "ip route")]
     cmds += [(ext, "ip neigh"), (ext, "ip route"),

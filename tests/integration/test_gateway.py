@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from http_backends import backend, who
 
 from lab_kit import config
 from lab_kit.cluster import Cluster
@@ -23,22 +24,7 @@ pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLLER = REPO / "labs" / "manifests" / "nginx-gateway.yaml"
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.45"
 GW = "gateway.networking.k8s.io/v1"
-
-
-def backend(name: str, replicas: int = 1, namespace: str = "default") -> list[dict[str, Any]]:
-    labels = {"app": name}
-    meta = {"name": name, "namespace": namespace}
-    return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-         "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
-                      "name": "c", "image": AGNHOST, "args": ["netexec", "--http-port=8080"],
-                      "ports": [{"name": "http", "containerPort": 8080}]}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80,
-                                                 "targetPort": "http"}]}}]
 
 
 def ref(name: str, weight: int | None = None) -> dict[str, Any]:
@@ -143,11 +129,6 @@ def curl(c: Cluster, reqs: list[str], fmt: str = "%{http_code}") -> list[tuple[s
         body, _, w = line.rpartition("|")
         res.append((w, body))
     return res
-
-
-def who(body: str) -> str:
-    """The Deployment a pod name belongs to (`web-5d8f...-x7k2p` -> `web`)."""
-    return body.split("-")[0] if body.count("-") >= 2 else body
 
 
 def test_routing_table_matches_and_precedence(cluster: Cluster) -> None:

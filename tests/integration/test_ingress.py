@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from http_backends import backend, who
 
 from lab_kit import config, naming
 from lab_kit.cluster import Cluster
@@ -22,20 +23,6 @@ from lab_kit.pytest_plugin import unique_name
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLLER = REPO / "labs" / "manifests" / "ingress-nginx.yaml"
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.45"
-
-
-def backend(name: str, replicas: int = 1) -> list[dict[str, Any]]:
-    labels = {"app": name}
-    return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-         "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
-                      "name": "c", "image": AGNHOST, "args": ["netexec", "--http-port=8080"],
-                      "ports": [{"name": "http", "containerPort": 8080}]}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80,
-                                                 "targetPort": "http"}]}}]
 
 
 def path(p: str, service: str, kind: str = "Prefix", port: int = 80) -> dict[str, Any]:
@@ -99,11 +86,6 @@ def curl(c: Cluster, urls: list[str], *extra: str) -> list[tuple[int, str]]:
         body, _, code = line.rpartition("|")
         res.append((int(code) if code.isdigit() else 0, body))
     return res
-
-
-def who(body: str) -> str:
-    """The Deployment a pod name belongs to (`web-5d8f...-x7k2p` -> `web`)."""
-    return body.split("-")[0] if body.count("-") >= 2 else body
 
 
 def test_routing_table_host_and_path_to_backend(cluster: Cluster) -> None:
