@@ -641,7 +641,7 @@ class Cluster:
         started = []
         for p in dns_pods:
             inode = kernel.netns_inode(p["netns"])
-            if inode is None or _dns_server_running(inode):
+            if inode is None or dns_server_pids(inode):
                 continue
             name = p["spec"]["name"]
             d = self._dns_dir
@@ -2045,17 +2045,18 @@ def _settle(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | No
         return None, e
 
 
-def _dns_server_running(inode: int) -> bool:
-    """Whether a cluster DNS server runs in the netns `inode`. Only the server counts: any
-    other process there (a `lab-kit exec` in the pod, a probe) must not stop a start."""
+def dns_server_pids(inode: int) -> list[int]:
+    """The cluster DNS server processes in the netns `inode`. Only servers count: any other
+    process there (a `lab-kit exec` in the pod, a probe) is not the pod's program."""
+    out = []
     for pid in kernel.pids_in_netns({inode}):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if b"lab_kit.dnsserver" in cmd:
-            return True
-    return False
+            out.append(pid)
+    return sorted(out)
 
 
 def _parallel(items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:

@@ -23,7 +23,7 @@ import egress_path
 import pytest
 
 from lab_kit import clusterdns, config, kernel, naming
-from lab_kit.cluster import Cluster
+from lab_kit.cluster import Cluster, dns_server_pids
 from lab_kit.pytest_plugin import processes_with, unique_name
 
 pytestmark = pytest.mark.root
@@ -452,7 +452,7 @@ def _server_pids(cluster: Cluster) -> dict[str, list[int]]:
     out = {}
     for p in cluster.dns_pods():
         inode = kernel.netns_inode(p.netns)
-        out[p.name] = sorted(kernel.pids_in_netns({inode})) if inode else []
+        out[p.name] = dns_server_pids(inode) if inode else []
     return out
 
 
