@@ -45,6 +45,7 @@ from lab_kit import (
     ingress_nginx,
     kernel,
     kubeproxy,
+    masq,
     model,
     naming,
     netpol,
@@ -66,6 +67,7 @@ Progress = Callable[[str], None]
 STORED_KINDS: dict[type, tuple[str, str]] = {
     ingress.Ingress: ("ingresses", "ingress.networking.k8s.io"),
     ingress.Secret: ("secrets", "secret"),
+    masq.ConfigMap: ("configmaps", "configmap"),
     model.IngressClass: ("ingressclasses", "ingressclass.networking.k8s.io"),
     gw.GatewayClass: ("gatewayclasses", "gatewayclass.gateway.networking.k8s.io"),
     gw.Gateway: ("gateways", "gateway.gateway.networking.k8s.io"),
@@ -387,7 +389,8 @@ class Cluster:
                          "net.ipv4.conf.all.forwarding=1",
                          "net.bridge.bridge-nf-call-iptables=1"], ns)
         self._setup_backend(conf, n)
-        self._setup_masquerade(conf, ns)
+        self._setup_masquerade(ns, masq.masq_config_from_state(
+            (self._state or {}).get("configmaps") or {}, conf.pod_subnet))
         etc = Path("/etc/netns") / ns  # kubelet's --resolv-conf: the node's own resolver
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(NODE_RESOLV.text())
@@ -395,50 +398,59 @@ class Cluster:
         cni.write_conflist(data_dir / "10-cbr0.conflist", self._conflist(conf, n))
         self._start_agnhost(n.name)
 
-    def _setup_masquerade(self, conf: config.ClusterConfig, ns: str) -> None:
-        """Pod traffic leaving the cluster is masqueraded to the node's address, as kind's
-        kindnet does with ip-masq-agent's rules: only the pod subnet is exempt. (Without it the
-        `external` host has no route back to a pod IP: cluster DNS could not forward.)"""
-        rules = [
-            "*nat", ":IP-MASQ-AGENT - [0:0]",
-            '-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING '
-            'directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" '
-            "-m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT",
-            f"-A IP-MASQ-AGENT -d {conf.pod_subnet} -m comment --comment "
-            '"ip-masq-agent: local traffic is not subject to MASQUERADE" -j RETURN',
-            '-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject '
-            'to MASQUERADE (must be last in chain)" -j MASQUERADE', "COMMIT", ""]
-        path = self.store.dir / "ip-masq-agent.iptables"
+    def _masq_config(self, state: dict[str, Any] | None = None) -> masq.MasqConfig:
+        """ip-masq-agent's config in force: the ConfigMap kube-system/ip-masq-agent's, else
+        kind's default (only the pod subnet keeps the pod's address)."""
+        state = self.state if state is None else state
+        return masq.masq_config_from_state(state.get("configmaps") or {},
+                                           self.config.pod_subnet)
+
+    def _setup_masquerade(self, ns: str, cfg: masq.MasqConfig) -> None:
+        """Pod traffic leaving the cluster is masqueraded to the node's address by
+        ip-masq-agent's rules (see masq.py); the chain is rewritten whole, and the jump from
+        POSTROUTING added when missing. (Without masquerading the `external` host has no route
+        back to a pod IP: cluster DNS could not forward.)"""
+        post = self.runner.run(["iptables", "-t", "nat", "-S", "POSTROUTING"], ns,
+                               check=False, record=False)
+        with_jump = f"-j {masq.CHAIN}" not in post.stdout
+        # one file per node: the nodes are synced in parallel
+        path = self.store.dir / "ip-masq-agent" / f"{ns}.iptables"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(rules))
+        path.write_text("\n".join(masq.restore_lines(cfg, with_jump)))
         self.runner.run(["iptables-restore", "--noflush", str(path)], ns, source="ip-masq-agent")
 
-    def _ensure_masquerade(self, conf: config.ClusterConfig, ns: str) -> None:
+    def _sync_masquerade(self, state: dict[str, Any]) -> None:
+        """ip-masq-agent on every node, after its ConfigMap changed."""
+        cfg = self._masq_config(state)
+        _parallel(self.config.nodes,
+                  lambda n: self._setup_masquerade(naming.node_netns(n.name), cfg))
+
+    def _ensure_masquerade(self, ns: str, cfg: masq.MasqConfig) -> None:
         """Re-create the ip-masq-agent rules when they no longer read back whole (the real
         agent re-syncs them every minute). CI caught a node whose IP-MASQ-AGENT chain
         iptables could no longer list ("is incompatible, use 'nft'"), with pod flows to the
         outside leaving un-masqueraded; the rules are checked after every kube-proxy sync."""
-        chain = self.runner.run(["iptables", "-t", "nat", "-S", "IP-MASQ-AGENT"], ns,
+        chain = self.runner.run(["iptables", "-t", "nat", "-S", masq.CHAIN], ns,
                                 check=False, record=False)
         post = self.runner.run(["iptables", "-t", "nat", "-S", "POSTROUTING"], ns,
                                check=False, record=False)
-        if chain.rc == 0 and "-j MASQUERADE" in chain.stdout and post.rc == 0 and \
-                "-j IP-MASQ-AGENT" in post.stdout:
+        if chain.rc == 0 and masq.is_whole(chain.stdout, cfg) and post.rc == 0 and \
+                post.stdout.count(f"-j {masq.CHAIN}") == 1:
             return
         print(f"[ip-masq-agent] {ns}: rules damaged ({(chain.stderr or post.stderr).strip()}); "
               "re-creating them", file=sys.stderr)
         listed = self.runner.run(["nft", "-a", "list", "chain", "ip", "nat", "POSTROUTING"], ns,
                                  check=False, record=False).stdout
         for line in listed.splitlines():
-            if "IP-MASQ-AGENT" in line and "# handle " in line:
+            if masq.CHAIN in line and "# handle " in line:
                 handle = line.rsplit("# handle ", 1)[1].strip()
                 self.runner.run(["nft", "delete", "rule", "ip", "nat", "POSTROUTING", "handle",
                                  handle], ns, check=False, source="ip-masq-agent")
-        self.runner.run(["nft", "flush", "chain", "ip", "nat", "IP-MASQ-AGENT"], ns, check=False,
+        self.runner.run(["nft", "flush", "chain", "ip", "nat", masq.CHAIN], ns, check=False,
                         source="ip-masq-agent")
-        self.runner.run(["nft", "delete", "chain", "ip", "nat", "IP-MASQ-AGENT"], ns,
+        self.runner.run(["nft", "delete", "chain", "ip", "nat", masq.CHAIN], ns,
                         check=False, source="ip-masq-agent")
-        self._setup_masquerade(conf, ns)
+        self._setup_masquerade(ns, cfg)
 
     def _setup_backend(self, conf: config.ClusterConfig, n: config.NodeConfig) -> None:
         """Create the node's backend plumbing, or reconcile it with the current node list."""
@@ -1027,6 +1039,9 @@ class Cluster:
                 self._sync_policies(state)
             if not policies_only:
                 self._sync_ingress(state)
+            if "configmaps" in plan.objects or "configmaps" in plan.delete_objects:
+                say("ip-masq-agent: syncing masquerade rules on every node")
+                self._sync_masquerade(state)
             dns_pods = self._dns_pods(state)
             if self._start_programs(dns_pods):
                 self.wait_dns()
@@ -1051,6 +1066,9 @@ class Cluster:
                     self._sync_policies(state)
             with contextlib.suppress(LabError, OSError):
                 self._sync_ingress(state)
+            if "configmaps" in plan.objects or "configmaps" in plan.delete_objects:
+                with contextlib.suppress(LabError, OSError):
+                    self._sync_masquerade(state)
             with contextlib.suppress(OSError):
                 self._publish_dns(state)  # also when that sync failed half-way
             raise
@@ -1083,12 +1101,13 @@ class Cluster:
         stale = [(sp, e) for sp in old_ports if sp.protocol == "UDP" for e in sp.endpoints
                  if (sp.spn, sp.protocol, e) not in now]
         rules_dir = self.store.dir / "kube-proxy"
+        masq_cfg = self._masq_config(state)
 
         def one(n: config.NodeConfig) -> None:
             ns = naming.node_netns(n.name)
             kubeproxy.sync_node(self.runner, conf.kube_proxy_mode,
                                 services.proxy_input(conf, n.name, ports), ns, rules_dir)
-            self._ensure_masquerade(conf, ns)
+            self._ensure_masquerade(ns, masq_cfg)
             if stale:
                 kubeproxy.flush_udp_conntrack(self.runner, ns, stale)
         _parallel(conf.nodes, one)
@@ -1865,6 +1884,10 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
             _plan_object(plan, state, o, ingress.ingress_to_json(ing))
         elif isinstance(o, ingress.Secret):
             _plan_object(plan, state, o, ingress.secret_to_json(o))
+        elif isinstance(o, masq.ConfigMap):
+            if o.key == f"{masq.NAMESPACE}/{masq.NAME}":
+                masq.parse_masq_config(o, file=src.file)  # refused before anything changes
+            _plan_object(plan, state, o, masq.configmap_to_json(o))
         elif isinstance(o, gw.Gateway):
             _plan_object(plan, state, o, gw.gateway_to_json(o))
         elif isinstance(o, gw.HTTPRoute):
@@ -1963,7 +1986,7 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                                          if k.startswith(o.name + "/")]
                 plan.delete_policies += [k for k in state.get("networkpolicies") or {}
                                          if k.startswith(o.name + "/")]
-                for what in ("ingresses", "secrets", "gateways", "httproutes"):
+                for what in ("ingresses", "secrets", "configmaps", "gateways", "httproutes"):
                     plan.delete_objects.setdefault(what, []).extend(
                         k for k in state.get(what) or {} if k.startswith(o.name + "/"))
                 plan.messages.append(f'namespace "{o.name}" deleted')

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from lab_kit import gateway as gw
-from lab_kit import naming
+from lab_kit import masq, naming
 from lab_kit.errors import ConfigError
 from lab_kit.ingress import Ingress, Secret, parse_ingress, parse_secret
 from lab_kit.netpol import NetworkPolicy, parse_policy
@@ -29,8 +29,8 @@ ADDON_NAMESPACES = ("kube-system",)  # the cluster's own pods (CoreDNS): left ou
 SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment"),
                    ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy"),
                    ("networking.k8s.io/v1", "Ingress"), ("networking.k8s.io/v1", "IngressClass"),
-                   ("v1", "Secret"), (gw.API_VERSION, "GatewayClass"), (gw.API_VERSION, "Gateway"),
-                   (gw.API_VERSION, "HTTPRoute")}
+                   ("v1", "Secret"), ("v1", "ConfigMap"), (gw.API_VERSION, "GatewayClass"),
+                   (gw.API_VERSION, "Gateway"), (gw.API_VERSION, "HTTPRoute")}
 INGRESS_CONTROLLER_IMAGES = ("registry.k8s.io/ingress-nginx/controller",)
 # NGINX Gateway Fabric's control plane, before and after its move to ghcr.io/nginx
 GATEWAY_CONTROLLER_IMAGES = ("ghcr.io/nginxinc/nginx-gateway-fabric",
@@ -229,7 +229,7 @@ class IngressClass:
 
 
 Object = (Pod | Deployment | Namespace | Service | NetworkPolicy | Ingress | Secret | IngressClass
-          | gw.GatewayClass | gw.Gateway | gw.HTTPRoute)
+          | gw.GatewayClass | gw.Gateway | gw.HTTPRoute | masq.ConfigMap)
 
 
 @dataclass(frozen=True)
@@ -569,6 +569,8 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
                              file=src.file)
     if kind == "Secret":
         return parse_secret(ns, name, _labels(meta), doc, file=src.file)
+    if kind == "ConfigMap":
+        return masq.parse_configmap(ns, name, _labels(meta), doc, file=src.file)
     if kind == "Gateway":
         return gw.parse_gateway(ns, name, _labels(meta), doc.get("spec"), file=src.file)
     if kind == "HTTPRoute":

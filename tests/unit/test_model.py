@@ -249,10 +249,9 @@ def test_invalid_yaml_line_number_is_the_offending_line() -> None:
 
 
 def test_unsupported_kind() -> None:
-    e = error_of({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
-                  "data": {"a": "b"}})
+    e = error_of({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "s"}})
     assert e.field == "kind"
-    assert e.obj == "ConfigMap/s"
+    assert e.obj == "ServiceAccount/s"
     assert "not supported" in e.reason
     assert "Pod (v1)" in (e.fix or "")
 
