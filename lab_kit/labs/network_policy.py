@@ -33,14 +33,21 @@ filter rules a pod's traffic passes on its node, with counters), `serve_internet
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from lab_kit import config, kernel, naming, netpol
+from lab_kit import kernel, naming, netpol
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
+from lab_kit.labs.internet import (
+    OTHER_IP,
+    PROVIDER_IP,
+    WEB_PORT,
+    client_seen,
+    internet_log,
+    serve_internet,
+)
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster
@@ -63,9 +70,6 @@ PORT = 80  # every pod serves HTTP here: the matrix the exercises are graded on
 UDP_PORT = 81  # the x/y/z pods serve UDP on 80 and 81
 METRICS_PORT = 9090  # api's second port, named `metrics`
 DNS_NAME = "api.shop.svc.cluster.local"
-PROVIDER_IP = config.EXTERNAL_IP  # the external host: the payment provider's web server
-OTHER_IP = "172.18.0.101"  # a second address of the external host: "some other site"
-WEB_PORT = 8080
 SETUP_HINT = (f'run the notebook\'s setup cell: c.apply("{XYZ_MANIFEST}") and '
               f'c.apply("{SHOP_MANIFEST}")')
 
@@ -151,43 +155,6 @@ def pod_rules(c: Cluster, pod: str, counters: bool = False) -> str:
     for ch in [*mine, *policy]:
         out += [ln for ln in text.splitlines() if ln.startswith(f"-A {ch} ")]
     return "\n".join(out) + "\n"
-
-
-def serve_internet(c: Cluster, port: int = WEB_PORT) -> str:
-    """Start a web server on the external host (the lab's "internet"), on `port` of two
-    addresses: 172.18.0.100 (the payment provider the shop's frontend may call) and 172.18.0.101
-    (a second address given to the same host: any other site). Python's `http.server`; its log
-    (one line per request, with the client's address) is `internet_log(c)`. Running it again
-    changes nothing. `c.down()` stops it with the cluster."""
-    ext = c.external
-    d = c.store.dir / "internet"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "hostname").write_text("payments.example.com")
-    (d / "index.html").write_text("<h1>payments.example.com</h1>\n")
-    ext.sh(f"ip addr replace {OTHER_IP}/16 dev eth0")
-    if not _listening(ext.netns, port):
-        ext.sh(f"setsid -f {sys.executable} -m http.server {port} --bind 0.0.0.0 "
-               f"--directory {d} >>{d / 'http.log'} 2>&1 </dev/null")
-        ext.sh(f"timeout 5 bash -c 'until ss -Htln sport = :{port} | grep -q .; do "
-               "sleep 0.05; done'")
-    return (f"the external host serves http://{PROVIDER_IP}:{port}/ and "
-            f"http://{OTHER_IP}:{port}/ (python3 -m http.server {port})")
-
-
-def internet_log(c: Cluster, last: int = 5) -> str:
-    """The last requests the external host's web server logged: who connected, as it saw them."""
-    path = c.store.dir / "internet" / "http.log"
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return "(no web server on the external host: serve_internet(c) starts it)"
-    return "\n".join(lines[-last:])
-
-
-def _listening(netns: str, port: int) -> bool:
-    r = kernel.Runner().run(["ss", "-Htln", f"sport = :{port}"], netns, check=False,
-                            record=False)
-    return bool(r.stdout.strip())
 
 
 # --- evidence: matrices and probes ----------------------------------------------------------------
@@ -706,21 +673,12 @@ def check_ipblock_external(ctx: Context) -> Verdict:
         return failed(f"{API} → {OTHER_IP}:{WEB_PORT} is blocked: the policy isolates more pods "
                       "than frontend", hint="podSelector {matchLabels: {app: frontend}}, not {}",
                       expected="api's egress open", actual="blocked")
-    seen = _client_seen(c, f"client={FRONTEND}")
+    seen = client_seen(c, f"client={FRONTEND}")
     via = (f"; the web server saw the connection come from {seen}, "
            f"{_whose_node(c, seen)}" if seen else "")
     return passed(f"frontend → {PROVIDER_IP}:{WEB_PORT} connects; {OTHER_IP}:{WEB_PORT} and "
                   f"{PROVIDER_IP}:53 are blocked{via}: the node masquerades after the filter "
                   "rules have matched the pod's own address")
-
-
-def _client_seen(c: Cluster, marker: str) -> str:
-    """The client address the external web server logged for the last request whose path
-    carries `marker` ('' when none)."""
-    for line in reversed(internet_log(c, last=50).splitlines()):
-        if marker in line and line[:1].isdigit():
-            return line.split()[0]
-    return ""
 
 
 def _whose_node(c: Cluster, ip: str) -> str:
