@@ -72,6 +72,7 @@ STORED_KINDS: dict[type, tuple[str, str]] = {
     gw.GatewayClass: ("gatewayclasses", "gatewayclass.gateway.networking.k8s.io"),
     gw.Gateway: ("gateways", "gateway.gateway.networking.k8s.io"),
     gw.HTTPRoute: ("httproutes", "httproute.gateway.networking.k8s.io"),
+    gw.ReferenceGrant: ("referencegrants", "referencegrant.gateway.networking.k8s.io"),
 }
 INGRESS_KINDS = tuple(what for what, _ in STORED_KINDS.values())
 # Gateway API kind -> (its state key, its section of state["gatewayStatus"])
@@ -1282,12 +1283,15 @@ class Cluster:
             secrets = {k: ingress.secret_from_json(v["spec"])
                        for k, v in (state.get("secrets") or {}).items()}
             namespaces = {n: v.get("labels") or {} for n, v in state["namespaces"].items()}
+            grants = [gw.reference_grant_from_json(v["spec"])
+                      for v in (state.get("referencegrants") or {}).values()]
             p = ctrls[0]  # one data plane serves every Gateway of the class (NGF 1.x's layout)
             address = self._controller_address(state, p)
             d = self._controller_dir(p)
             res = gateway_nginx.render(classes, gateways, routes, state["services"],
                                        state.get("endpointslices") or {}, secrets, namespaces,
-                                       address=address, prefix=d, check_cert=pki.check_tls_pair)
+                                       address=address, prefix=d, check_cert=pki.check_tls_pair,
+                                       grants=grants)
             err = self._load_nginx(p, d, res.conf, res.checksum, res.files)
             if err:
                 for st in res.gateways.values():
@@ -1892,6 +1896,8 @@ def _plan_apply(state: dict[str, Any], conf: config.ClusterConfig,
             _plan_object(plan, state, o, gw.gateway_to_json(o))
         elif isinstance(o, gw.HTTPRoute):
             _plan_object(plan, state, o, gw.httproute_to_json(o))
+        elif isinstance(o, gw.ReferenceGrant):
+            _plan_object(plan, state, o, gw.reference_grant_to_json(o))
         elif isinstance(o, model.Deployment):
             old = state["deployments"].get(o.key)
             plan.deployments[o.key] = model.deployment_to_json(o)
@@ -1986,7 +1992,8 @@ def _plan_delete(state: dict[str, Any], objs: list[tuple[model.Object, model.Sou
                                          if k.startswith(o.name + "/")]
                 plan.delete_policies += [k for k in state.get("networkpolicies") or {}
                                          if k.startswith(o.name + "/")]
-                for what in ("ingresses", "secrets", "configmaps", "gateways", "httproutes"):
+                for what in ("ingresses", "secrets", "configmaps", "gateways", "httproutes",
+                             "referencegrants"):
                     plan.delete_objects.setdefault(what, []).extend(
                         k for k in state.get(what) or {} if k.startswith(o.name + "/"))
                 plan.messages.append(f'namespace "{o.name}" deleted')

@@ -74,7 +74,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -1218,3 +1218,103 @@ def httproute_to_json(o: HTTPRoute) -> dict[str, Any]:
 def httproute_from_json(d: Mapping[str, Any]) -> HTTPRoute:
     return parse_httproute(d["namespace"], d["name"], d.get("labels") or {}, d["spec"],
                            file="<state>")
+
+
+# --- ReferenceGrant (gateway.networking.k8s.io/v1beta1) -----------------------------------------
+
+BETA_API_VERSION = f"{GROUP}/v1beta1"
+
+
+@dataclass(frozen=True)
+class GrantFrom:
+    group: str
+    kind: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class GrantTo:
+    group: str
+    kind: str
+    name: str | None  # None: every object of that kind in the grant's namespace
+
+
+@dataclass(frozen=True)
+class ReferenceGrant:
+    """Lets objects of the `from` kinds in the `from` namespaces refer to objects of the `to`
+    kinds in the grant's own namespace: the owner of the target opts in."""
+
+    namespace: str
+    name: str
+    from_: tuple[GrantFrom, ...]
+    to: tuple[GrantTo, ...]
+    labels: dict[str, str]
+    spec: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def parse_reference_grant(namespace: str, name: str, labels: Mapping[str, str], spec: Any, *,
+                          file: str = "<object>") -> ReferenceGrant:
+    """A ReferenceGrant from its `spec`, validated as the API server does with the CRD."""
+    p = _Parser(file, f"ReferenceGrant/{namespace}/{name}")
+    d = _spec(p, spec, ("from", "to"), "a ReferenceGrant")
+    froms = []
+    for i, v in enumerate(p.items(d, "from", "spec", min_items=1, max_items=16,
+                                  example=" (`- group: gateway.networking.k8s.io`, `kind: "
+                                  "HTTPRoute`, `namespace: ...`)")):
+        fld = f"spec.from[{i}]"
+        e = p.struct(v, fld, ("group", "kind", "namespace"), "a `from` entry")
+        if e.get("group") is None:
+            raise p.fail("Required value", f"{fld}.group",
+                         f'the group of the referring kind: "{GROUP}" for HTTPRoute or '
+                         'Gateway')
+        group = p.group(e, fld, "")
+        kind = p.kind(e, fld, None, required="the referring kind, e.g. `kind: HTTPRoute`")
+        ns = p.namespace(e, fld)
+        if ns is None:
+            raise p.fail("Required value", f"{fld}.namespace",
+                         "the namespace the referring objects live in")
+        froms.append(GrantFrom(group, kind, ns))
+    tos = []
+    for i, v in enumerate(p.items(d, "to", "spec", min_items=1, max_items=16,
+                                  example=' (`- group: ""`, `kind: Service`)')):
+        fld = f"spec.to[{i}]"
+        e = p.struct(v, fld, ("group", "kind", "name"), "a `to` entry")
+        if e.get("group") is None:
+            raise p.fail("Required value", f"{fld}.group",
+                         'the group of the target kind: "" (the core group) for Service or '
+                         "Secret")
+        group = p.group(e, fld, "")
+        kind = p.kind(e, fld, None, required="the target kind, e.g. `kind: Service`")
+        target = p.text(e, "name", fld, min_len=1, max_len=253)
+        tos.append(GrantTo(group, kind, target))
+    return ReferenceGrant(namespace, name, tuple(froms), tuple(tos), dict(labels),
+                          copy.deepcopy(spec))
+
+
+def reference_grant_to_json(o: ReferenceGrant) -> dict[str, Any]:
+    return {"namespace": o.namespace, "name": o.name, "labels": dict(o.labels),
+            "spec": copy.deepcopy(o.spec)}
+
+
+def reference_grant_from_json(d: Mapping[str, Any]) -> ReferenceGrant:
+    return parse_reference_grant(d["namespace"], d["name"], d.get("labels") or {}, d["spec"],
+                                 file="<state>")
+
+
+def permitted(grants: Iterable[ReferenceGrant], frm: tuple[str, str, str],
+              to: tuple[str, str, str, str]) -> bool:
+    """Whether an object of (group, kind, namespace) `frm` may refer to (group, kind,
+    namespace, name) `to`: always within one namespace, across namespaces only when a
+    ReferenceGrant in the target's namespace allows it."""
+    fg, fk, fns = frm
+    tg, tk, tns, tname = to
+    if fns == tns:
+        return True
+    return any(g.namespace == tns
+               and any((f.group, f.kind, f.namespace) == (fg, fk, fns) for f in g.from_)
+               and any((t.group, t.kind) == (tg, tk) and t.name in (None, tname) for t in g.to)
+               for g in grants)

@@ -16,7 +16,9 @@ ours):
   `namespace/name` alphabetically, then the first rule. No match: 404.
 - **Backends.** `weight`s split the requests (nginx `split_clients` over the request id, as NGINX
   Gateway Fabric does). Requests that would go to an invalid backend (no such Service, no such
-  port, another namespace) get 500; to a backend without ready endpoints, 503.
+  port, another namespace that no ReferenceGrant opens) get 500; to a backend without ready
+  endpoints, 503. A ReferenceGrant (v1beta1) in the target's namespace permits HTTPRoutes'
+  backendRefs to its Services and Gateways' certificateRefs to its Secrets.
 - **Filters.** `RequestHeaderModifier` (set, add, remove), `RequestRedirect` (scheme, hostname,
   port, path, 301/302) and `URLRewrite` (hostname, full path or prefix). Other filters, a
   `RegularExpression` path and per-backend filters make the route `Accepted: False` with reason
@@ -239,19 +241,27 @@ def describe_match(m: gw.RouteMatch) -> str:
 
 class _Renderer:
     def __init__(self, services: Mapping[str, dict[str, Any]],
-                 slices: Mapping[str, dict[str, Any]]) -> None:
-        self.services, self.slices = services, slices
+                 slices: Mapping[str, dict[str, Any]],
+                 grants: Sequence[gw.ReferenceGrant] = ()) -> None:
+        self.services, self.slices, self.grants = services, slices, grants
         self.upstreams: dict[str, list[str]] = {}
         self.splits: list[str] = []
         self.appended: dict[str, None] = {}  # headers a rule appends to (need a `map`)
         self.chosen: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
 
-    def backend(self, b: gw.BackendRef, register: bool = True) -> tuple[str, str, list[str]]:
-        """(upstream, "ok" or the ResolvedRefs reason: message, endpoints) of one backendRef."""
+    def backend(self, b: gw.BackendRef, route_ns: str, register: bool = True
+                ) -> tuple[str, str, list[str]]:
+        """(upstream, "ok" or the ResolvedRefs reason: message, endpoints) of one backendRef
+        of a route in namespace `route_ns`."""
         if b.group != "" or b.kind != "Service":
             return INVALID_UPSTREAM, f"InvalidKind: {b.group or 'core'}/{b.kind} is not a " \
                 "Service; lab_kit's gateway forwards to Services only", []
         key = f"{b.namespace}/{b.name}"
+        if not gw.permitted(self.grants, (gw.GROUP, "HTTPRoute", route_ns),
+                            (b.group, b.kind, b.namespace, b.name)):
+            return INVALID_UPSTREAM, f'RefNotPermitted: backendRef to Service "{key}" in ' \
+                f"another namespace is not permitted: no ReferenceGrant in namespace " \
+                f"{b.namespace!r} lets HTTPRoutes from {route_ns!r} refer to it", []
         svc = self.services.get(key)
         if svc is None:
             return INVALID_UPSTREAM, f'BackendNotFound: Service "{key}" not found', []
@@ -276,16 +286,18 @@ class _Renderer:
         """(nginx value for $lk_up, description, endpoints) of a rule's backendRefs; a rule
         served by several locations shares one `split_clients`."""
         if (route, index) not in self.chosen:
-            self.chosen[(route, index)] = self._choose(rule)
+            self.chosen[(route, index)] = self._choose(rule, route.split("/", 1)[0])
         return self.chosen[(route, index)]
 
-    def _choose(self, rule: gw.RouteRule) -> tuple[str, str, list[str]]:
+    def _choose(self, rule: gw.RouteRule, route_ns: str) -> tuple[str, str, list[str]]:
         picks = []
         eps: list[str] = []
         for b in rule.backend_refs:
-            up, _status, e = self.backend(b)
+            up, status, e = self.backend(b, route_ns)
             if b.weight > 0:
-                picks.append((up, b.weight, f"{b.namespace}/{b.name}:{b.port}"))
+                ref = f"{b.namespace}/{b.name}:{b.port}"
+                picks.append((up, b.weight, ref if up != INVALID_UPSTREAM else
+                              f"500 ({status.split(':', 1)[0]} {ref})"))
                 eps += e
         if not picks:
             return INVALID_UPSTREAM, "500 (no backend with a weight)", []
@@ -339,10 +351,12 @@ def render(classes: Sequence[gw.GatewayClass], gateways: Sequence[tuple[gw.Gatew
            slices: Mapping[str, dict[str, Any]], secrets: Mapping[str, Secret],
            namespaces: Mapping[str, Mapping[str, str]], *, address: str | None,
            prefix: str | Path,
-           check_cert: Callable[[bytes, bytes], Any] | None = None) -> Result:
+           check_cert: Callable[[bytes, bytes], Any] | None = None,
+           grants: Sequence[gw.ReferenceGrant] = ()) -> Result:
     """The nginx config and the status of every object this controller owns. `gateways` and
     `routes` come with their creation times; `namespaces` maps a namespace to its labels;
-    `address` is the controller Service's load-balancer IP (None: not assigned yet)."""
+    `address` is the controller Service's load-balancer IP (None: not assigned yet);
+    `grants` are the ReferenceGrants that permit references across namespaces."""
     prefix = Path(prefix)
     out = Result()
     ours = {c.name for c in classes if c.controller_name == CONTROLLER_NAME}
@@ -352,7 +366,7 @@ def render(classes: Sequence[gw.GatewayClass], gateways: Sequence[tuple[gw.Gatew
                                                         "GatewayClass is accepted")]}
     mine = sorted(((g, t) for g, t in gateways if g.gateway_class in ours),
                   key=lambda gt: (gt[1], gt[0].key))
-    r = _Renderer(services, slices)
+    r = _Renderer(services, slices, grants)
     servers: dict[tuple[int, str | None], _Server] = {}
     listener_ok: dict[tuple[str, str], bool] = {}
     certs: dict[tuple[str, str], str | None] = {}
@@ -393,7 +407,7 @@ def render(classes: Sequence[gw.GatewayClass], gateways: Sequence[tuple[gw.Gatew
                                      "tls.mode Passthrough needs protocol TLS, which lab_kit's "
                                      "gateway does not serve")
                 else:
-                    cert, why, msg = _listener_cert(g, lst, secrets, check_cert, out)
+                    cert, why, msg = _listener_cert(g, lst, secrets, check_cert, out, grants)
                     refs_ok = cert is not None
             if refs_ok:
                 conds.append(cond("ResolvedRefs", True, "ResolvedRefs",
@@ -430,12 +444,11 @@ def render(classes: Sequence[gw.GatewayClass], gateways: Sequence[tuple[gw.Gatew
     for route, created in sorted(routes, key=lambda rt: (rt[1], rt[0].key)):
         parents = []
         unsupported = _unsupported(route)
-        refs = [r.backend(b, register=False) for rule in route.rules for b in rule.backend_refs]
-        bad_ref = next((s for _, s, _ in refs if s != "ok"), None)
-        if any(b.namespace != route.namespace for rule in route.rules
-               for b in rule.backend_refs):
-            bad_ref = ("RefNotPermitted: a backendRef to another namespace needs a "
-                       "ReferenceGrant, which lab_kit does not support")
+        refs = [r.backend(b, route.namespace, register=False) for rule in route.rules
+                for b in rule.backend_refs]
+        # RefNotPermitted first: it is the reason to fix before any other
+        bad_ref = next((s for _, s, _ in refs if s.startswith("RefNotPermitted")),
+                       next((s for _, s, _ in refs if s != "ok"), None))
         for pref in route.parent_refs:
             if pref.group != gw.GROUP or pref.kind != "Gateway":
                 continue
@@ -516,8 +529,8 @@ def _unsupported(route: gw.HTTPRoute) -> str | None:
 
 
 def _listener_cert(g: gw.Gateway, lst: gw.Listener, secrets: Mapping[str, Secret],
-                   check_cert: Callable[[bytes, bytes], Any] | None, out: Result
-                   ) -> tuple[str | None, str, str]:
+                   check_cert: Callable[[bytes, bytes], Any] | None, out: Result,
+                   grants: Sequence[gw.ReferenceGrant] = ()) -> tuple[str | None, str, str]:
     """(cert file name or None, ResolvedRefs reason, message) of an HTTPS listener."""
     if not lst.certificate_refs:
         return None, "InvalidCertificateRef", "no certificateRefs"
@@ -525,9 +538,12 @@ def _listener_cert(g: gw.Gateway, lst: gw.Listener, secrets: Mapping[str, Secret
     ns = ref.namespace or g.namespace
     if ref.group != "" or ref.kind != "Secret":
         return None, "InvalidCertificateRef", f"{ref.group or 'core'}/{ref.kind} is not a Secret"
-    if ns != g.namespace:
-        return None, "RefNotPermitted", ("a certificateRef to another namespace needs a "
-                                         "ReferenceGrant, which lab_kit does not support")
+    if not gw.permitted(grants, (gw.GROUP, "Gateway", g.namespace),
+                        ("", "Secret", ns, ref.name)):
+        return None, "RefNotPermitted", (f'certificateRef to Secret "{ns}/{ref.name}" in another '
+                                         f"namespace is not permitted: no ReferenceGrant in "
+                                         f"namespace {ns!r} lets Gateways from "
+                                         f"{g.namespace!r} refer to it")
     key = f"{ns}/{ref.name}"
     sec = secrets.get(key)
     if sec is None:

@@ -30,7 +30,8 @@ SUPPORTED_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("apps/v1", "Deployment")
                    ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy"),
                    ("networking.k8s.io/v1", "Ingress"), ("networking.k8s.io/v1", "IngressClass"),
                    ("v1", "Secret"), ("v1", "ConfigMap"), (gw.API_VERSION, "GatewayClass"),
-                   (gw.API_VERSION, "Gateway"), (gw.API_VERSION, "HTTPRoute")}
+                   (gw.API_VERSION, "Gateway"), (gw.API_VERSION, "HTTPRoute"),
+                   (gw.BETA_API_VERSION, "ReferenceGrant")}
 INGRESS_CONTROLLER_IMAGES = ("registry.k8s.io/ingress-nginx/controller",)
 # NGINX Gateway Fabric's control plane, before and after its move to ghcr.io/nginx
 GATEWAY_CONTROLLER_IMAGES = ("ghcr.io/nginxinc/nginx-gateway-fabric",
@@ -229,7 +230,7 @@ class IngressClass:
 
 
 Object = (Pod | Deployment | Namespace | Service | NetworkPolicy | Ingress | Secret | IngressClass
-          | gw.GatewayClass | gw.Gateway | gw.HTTPRoute | masq.ConfigMap)
+          | gw.GatewayClass | gw.Gateway | gw.HTTPRoute | gw.ReferenceGrant | masq.ConfigMap)
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,8 @@ def _schema_check(doc: dict[str, Any], src: Source) -> None:
         raise ConfigError(f"{kind} ({api}) is not supported by this version of lab_kit",
                           file=src.file, obj=_obj_name(doc), field="kind",
                           fix=f"supported kinds: {supported}")
-    if api == gw.API_VERSION:  # a CRD's kind: no built-in schema; gateway.py validates it
+    if api in (gw.API_VERSION, gw.BETA_API_VERSION):
+        # a CRD's kind: no built-in schema; gateway.py validates it
         if not isinstance(doc.get("metadata") or {}, dict):
             raise ConfigError("metadata must be a mapping", file=src.file, obj=_obj_name(doc),
                               field="metadata")
@@ -575,6 +577,9 @@ def parse_object(doc: dict[str, Any], src: Source) -> Object:
         return gw.parse_gateway(ns, name, _labels(meta), doc.get("spec"), file=src.file)
     if kind == "HTTPRoute":
         return gw.parse_httproute(ns, name, _labels(meta), doc.get("spec"), file=src.file)
+    if kind == "ReferenceGrant":
+        return gw.parse_reference_grant(ns, name, _labels(meta), doc.get("spec"),
+                                        file=src.file)
     # Deployment
     spec = doc["spec"]
     replicas = int(spec.get("replicas", 1))

@@ -274,3 +274,33 @@ def test_an_invalid_route_is_refused_and_changes_nothing(cluster: Cluster) -> No
 
 def _nginx_conf(c: Cluster) -> str:
     return next((c.store.dir / "nginx-gateway").glob("*/nginx.conf")).read_text()
+
+
+def test_a_backend_in_another_namespace_needs_a_reference_grant(cluster: Cluster) -> None:
+    team = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}
+    cross = route("cross", [{"backendRefs": [{"name": "teamweb", "namespace": "team",
+                                              "port": 80}]}], hostnames=["cross.example.com"])
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "routes-from-default", "namespace": "team"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                "namespace": "default"}],
+                      "to": [{"group": "", "kind": "Service", "name": "teamweb"}]}}
+    cluster.apply([team, *backend("teamweb", namespace="team"), cross])
+    try:
+        def resolved() -> tuple[str, str]:
+            [p] = cluster.get_gateway_object("HTTPRoute", "cross", "default")["status"][
+                "parents"]
+            c = next(c for c in p["conditions"] if c["type"] == "ResolvedRefs")
+            return c["status"], c["reason"]
+        url = ["http://cross.example.com/hostname"]
+        assert resolved() == ("False", "RefNotPermitted")
+        assert curl(cluster, url)[0][0] == "500"  # never proxied without the grant
+        assert cluster.apply(grant) == [
+            "referencegrant.gateway.networking.k8s.io/routes-from-default created"]
+        assert resolved() == ("True", "ResolvedRefs")
+        assert [(w, who(b)) for w, b in curl(cluster, url)] == [("200", "teamweb")]
+        cluster.delete(grant)
+        assert resolved() == ("False", "RefNotPermitted")
+        assert curl(cluster, url)[0][0] == "500"
+    finally:
+        cluster.delete([cross, team])

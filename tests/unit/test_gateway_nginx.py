@@ -45,11 +45,12 @@ SLICES = {n: {"metadata": {"namespace": "default",
 
 def render(tmp_path: Path, gateways: list[gw.Gateway], routes: list[gw.HTTPRoute],
            secrets: dict[str, Any] | None = None, address: str | None = "172.18.255.1",
-           namespaces: dict[str, dict[str, str]] | None = None) -> gn.Result:
+           namespaces: dict[str, dict[str, str]] | None = None,
+           grants: list[gw.ReferenceGrant] | None = None) -> gn.Result:
     res = gn.render([CLASS, OTHER_CLASS], [(g, float(i)) for i, g in enumerate(gateways)],
                     [(r, float(i)) for i, r in enumerate(routes)], SVC, SLICES, secrets or {},
                     namespaces or {"default": {}}, address=address, prefix=tmp_path,
-                    check_cert=pki.check_tls_pair)
+                    check_cert=pki.check_tls_pair, grants=grants or [])
     _nginx_t(tmp_path, res)
     return res
 
@@ -248,3 +249,59 @@ def test_a_weighted_rule_in_several_locations_has_one_split(tmp_path: Path) -> N
          "backendRefs": [{"name": "canary", "port": 80}]}])])
     assert res.conf.count("split_clients") == 1
     assert res.conf.count("set $lk_up $lk_split_0;") == 2
+
+
+def grant(namespace: str, from_ns: str, from_kind: str = "HTTPRoute", to_kind: str = "Service",
+          name: str | None = None) -> gw.ReferenceGrant:
+    to: dict[str, Any] = {"group": "", "kind": to_kind}
+    if name:
+        to["name"] = name
+    return gw.parse_reference_grant(namespace, "g", {}, {
+        "from": [{"group": gw.GROUP, "kind": from_kind, "namespace": from_ns}], "to": [to]})
+
+
+def test_a_backend_in_another_namespace_needs_a_reference_grant(tmp_path: Path) -> None:
+    g = gateway([{"name": "http", "protocol": "HTTP", "port": 80,
+                  "allowedRoutes": {"namespaces": {"from": "All"}}}])
+    r = route([{"backendRefs": [{"name": "web", "namespace": "default", "port": 80}]}],
+              "cross", namespace="team", parent={"name": "gw", "namespace": "default"})
+    nss = {"default": {}, "team": {}}
+
+    def resolved(res: gn.Result) -> tuple[str, str]:
+        return conds(res.routes["team/cross"]["parents"][0])["ResolvedRefs"]
+
+    # no grant: not permitted, and the rule answers 500 rather than proxying
+    res = render(tmp_path / "none", [g], [r], namespaces=nss)
+    assert resolved(res) == ("False", "RefNotPermitted")
+    assert "default_web_80" not in res.conf
+    assert [row.action for row in res.table] == ["500 (RefNotPermitted default/web:80)"]
+    # a grant for another kind, another source namespace, another name: still not
+    for wrong in (grant("default", "team", from_kind="Gateway"), grant("default", "other"),
+                  grant("default", "team", name="canary"), grant("team", "team")):
+        assert resolved(render(tmp_path / "wrong", [g], [r], namespaces=nss,
+                               grants=[wrong])) == ("False", "RefNotPermitted")
+    # the Service's namespace lets team's HTTPRoutes refer to it (to every Service, or to web)
+    for ok in (grant("default", "team"), grant("default", "team", name="web")):
+        res = render(tmp_path / "ok", [g], [r], namespaces=nss, grants=[ok])
+        assert resolved(res) == ("True", "ResolvedRefs")
+        assert "default_web_80" in res.conf and res.table[0].action.startswith("default/web:80")
+
+
+def test_a_certificate_in_another_namespace_needs_a_reference_grant(tmp_path: Path) -> None:
+    ca = pki.LabCA.load_or_create(tmp_path / "ca", name="t")
+    from lab_kit.ingress import parse_secret
+    sec = parse_secret("certs", "tls", {}, ca.tls_secret("tls", "certs", hosts=["s.example.com"]))
+    g = gateway([{"name": "https", "protocol": "HTTPS", "port": 443, "hostname": "s.example.com",
+                  "tls": {"certificateRefs": [{"name": "tls", "namespace": "certs"}]}}])
+    rt = route([{"backendRefs": [{"name": "web", "port": 80}]}])
+
+    def listener(grants: list[gw.ReferenceGrant]) -> dict[str, tuple[str, str]]:
+        res = render(tmp_path / "p", [g], [rt], secrets={"certs/tls": sec},
+                     namespaces={"default": {}, "certs": {}}, grants=grants)
+        return conds(res.gateways["default/gw"]["listeners"][0])
+
+    assert listener([])["ResolvedRefs"] == ("False", "RefNotPermitted")
+    assert listener([grant("certs", "default", from_kind="Gateway", to_kind="Service")])[
+        "ResolvedRefs"] == ("False", "RefNotPermitted")
+    assert listener([grant("certs", "default", from_kind="Gateway", to_kind="Secret")])[
+        "ResolvedRefs"] == ("True", "ResolvedRefs")

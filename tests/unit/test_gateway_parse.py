@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lab_kit import gateway as gw
 from lab_kit.errors import ConfigError
 from lab_kit.gateway import (
     GROUP,
@@ -682,3 +683,41 @@ def test_message_names_file_object_and_field() -> None:
     e = refused("route", PATH("/a//b"))
     assert str(e).startswith("gw.yaml, `HTTPRoute/shop/front`, field "
                              "`spec.rules[0].matches[0].path.value`: ")
+
+
+def test_reference_grant_parses_and_refuses_naming_the_field() -> None:
+    spec = {"from": [{"group": gw.GROUP, "kind": "HTTPRoute", "namespace": "team"}],
+            "to": [{"group": "", "kind": "Service", "name": "web"}]}
+    g = gw.parse_reference_grant("default", "g", {}, spec)
+    assert g.from_ == (gw.GrantFrom(gw.GROUP, "HTTPRoute", "team"),)
+    assert g.to == (gw.GrantTo("", "Service", "web"),)
+    assert gw.reference_grant_from_json(gw.reference_grant_to_json(g)) == g
+    for bad, field in [
+            ({"to": spec["to"]}, "spec.from"),
+            ({"from": [], "to": spec["to"]}, "spec.from"),
+            ({"from": [{"kind": "HTTPRoute", "namespace": "team"}], "to": spec["to"]},
+             "spec.from[0].group"),
+            ({"from": [{"group": gw.GROUP, "kind": "HTTPRoute"}], "to": spec["to"]},
+             "spec.from[0].namespace"),
+            ({"from": [{"group": gw.GROUP, "kind": "HTTPRoute", "namespace": "Team"}],
+              "to": spec["to"]}, "spec.from[0].namespace"),
+            ({"from": spec["from"], "to": [{"group": "", "kind": "Service", "name": ""}]},
+             "spec.to[0].name"),
+            ({"from": spec["from"], "to": [{"group": "", "kind": "Service", "nmae": "x"}]},
+             "spec.to[0].nmae")]:
+        with pytest.raises(ConfigError) as e:
+            gw.parse_reference_grant("default", "g", {}, bad)
+        assert e.value.field == field, (bad, str(e.value))
+        assert e.value.obj == "ReferenceGrant/default/g"
+
+
+def test_reference_grant_loads_as_v1beta1_only() -> None:
+    from lab_kit import model
+    doc = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+           "metadata": {"name": "g", "namespace": "default"},
+           "spec": {"from": [{"group": gw.GROUP, "kind": "HTTPRoute", "namespace": "team"}],
+                    "to": [{"group": "", "kind": "Service"}]}}
+    [(o, _)] = model.load_manifests(doc)
+    assert isinstance(o, gw.ReferenceGrant) and o.to[0].name is None
+    with pytest.raises(ConfigError):
+        model.load_manifests({**doc, "apiVersion": "gateway.networking.k8s.io/v1"})
