@@ -125,7 +125,8 @@ OWN_TESTS = {"03-routing-between-nodes": "test_lab_host_gw.py",
              "08-nodeport-loadbalancer": "test_lab_external_traffic.py",
              "09-iptables-vs-nftables": "test_lab_proxy_scale.py",
              "10-cluster-dns": "test_lab_cluster_dns.py",
-             "11-network-policies": "test_lab_network_policy.py"}
+             "11-network-policies": "test_lab_network_policy.py",
+             "14-egress-snat": "test_lab_egress.py"}
 
 
 def test_every_lab_has_check_tests() -> None:
