@@ -2329,10 +2329,12 @@ def kill_netns_processes(netns: list[str]) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """`pid` runs (a zombie does not). A process that exits between `open` and `read` makes
+    the read fail with ESRCH (ProcessLookupError): gone too."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
 
 
