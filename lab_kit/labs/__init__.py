@@ -31,6 +31,7 @@ LABS: dict[str, str] = {
     "09-iptables-vs-nftables": "lab_kit.labs.proxy_scale",
     "10-cluster-dns": "lab_kit.labs.cluster_dns",
     "11-network-policies": "lab_kit.labs.network_policy",
+    "12-ingress": "lab_kit.labs.ingress_routing",
     "14-egress-snat": "lab_kit.labs.egress",
 }
 
