@@ -32,6 +32,7 @@ LABS: dict[str, str] = {
     "10-cluster-dns": "lab_kit.labs.cluster_dns",
     "11-network-policies": "lab_kit.labs.network_policy",
     "12-ingress": "lab_kit.labs.ingress_routing",
+    "13-gateway-api": "lab_kit.labs.gateway_api",
     "14-egress-snat": "lab_kit.labs.egress",
 }
 

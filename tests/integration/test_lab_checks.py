@@ -127,6 +127,7 @@ OWN_TESTS = {"03-routing-between-nodes": "test_lab_host_gw.py",
              "10-cluster-dns": "test_lab_cluster_dns.py",
              "11-network-policies": "test_lab_network_policy.py",
              "12-ingress": "test_lab_ingress.py",
+             "13-gateway-api": "test_lab_gateway_api.py",
              "14-egress-snat": "test_lab_egress.py"}
 
 
