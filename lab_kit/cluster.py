@@ -1342,12 +1342,25 @@ class Cluster:
                               "config stays in force")
         return rendered
 
+    def _controller_prefix(self, pod: dict[str, Any]) -> Path:
+        """A controller pod's nginx prefix: `<state>/<program>/<namespace>.<name>`."""
+        spec = pod["spec"]
+        program = model.pod_from_json(spec).program
+        return self.store.dir / program / f"{spec['namespace']}.{spec['name']}"
+
+    def nginx_conf_file(self, pod: str) -> Path | None:
+        """The nginx.conf the Ingress or Gateway controller pod `pod` (`namespace/name`) has
+        loaded; None when there is no such pod or it has loaded none yet."""
+        stored = self.state["pods"].get(pod)
+        if stored is None:
+            return None
+        path = self._controller_prefix(stored) / "nginx.conf"
+        return path if path.is_file() else None
+
     def _controller_dir(self, pod: dict[str, Any]) -> Path:
         """A controller pod's nginx prefix, with its certs/ (the fake certificate made once)
         and tmp/."""
-        spec = pod["spec"]
-        program = model.pod_from_json(spec).program
-        d = self.store.dir / program / f"{spec['namespace']}.{spec['name']}"
+        d = self._controller_prefix(pod)
         for sub in ("certs", "tmp"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         fake = d / "certs" / f"{ingress_nginx.FAKE_CERT}.pem"
@@ -1362,7 +1375,7 @@ class Cluster:
         workers answer from the new config. None when loaded (or unchanged); nginx's complaint
         when it refused the config (the last good one stays in force)."""
         netns = pod["netns"]
-        conf = d / "nginx.conf"
+        conf = d / "nginx.conf"  # nginx_conf_file() reads it
         running = self._nginx_pid(d, netns)
         # the checksum covers the certificates too: the same text is the same config
         if running and conf.exists() and conf.read_text() == text:

@@ -52,14 +52,12 @@ from collections import Counter
 from collections.abc import Mapping
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab_kit import kernel, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
-from lab_kit.labs import norm_answer
-from lab_kit.labs.web import get, who
+from lab_kit.labs import norm_answer, web
+from lab_kit.labs.web import who
 
 if TYPE_CHECKING:
     from lab_kit.cluster import Cluster, Table
@@ -122,14 +120,7 @@ def bounds(n: int, p: float = SHARE, tail: float = TAIL) -> tuple[int, int]:
 def lb_ip(c: Cluster) -> str:
     """The Gateway controller's load-balancer IP: `status.loadBalancer.ingress[0].ip` of its
     Service (the address a programmed Gateway reports in `status.addresses`)."""
-    try:
-        svc = c.service(CONTROLLER_SVC, CONTROLLER_NS)
-    except LabError:
-        raise LabError(f"no Service {CONTROLLER_NS}/{CONTROLLER_SVC}: {SETUP_HINT}") from None
-    got = (svc.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
-    if not got:
-        raise LabError(f"Service {CONTROLLER_NS}/{CONTROLLER_SVC} has no load-balancer IP")
-    return str(got[0]["ip"])
+    return web.lb_ip(c, CONTROLLER_NS, CONTROLLER_SVC, SETUP_HINT)
 
 
 def cli(c: Cluster, args: str) -> None:
@@ -211,33 +202,15 @@ class Split:
                 f"<table>{bars}</table>{err}")
 
 
-_ANSWER = re.compile(r"<<<(\d{3})>>>")  # what -w writes after each answer
-
-
 def measure_split(c: Cluster, url: str = f"http://{HOST}/hostname", n: int = N,
                   headers: Mapping[str, str] | None = None) -> Split:
     """GET `url` `n` times from the external host and count who answered (the Deployment of the
-    pod that answered `/hostname`; other answers by their status). One curl process sends them
-    all, one after the other on one kept-alive connection, as a browser would (curl's URL
-    globbing: `?lk=[1-1000]`); nginx picks a backend for each request anew."""
-    sep = "&" if "?" in url else "?"
-    argv = ["curl", "-sS", "--max-time", "5", "-w", "<<<%{http_code}>>>"]
-    for k, v in (headers or {}).items():
-        argv += ["-H", f"{k}: {v}"]
-    argv.append(f"{url}{sep}lk=[1-{n}]")
-    done = kernel.Runner().run(["ip", "netns", "exec", naming.external_netns(c.name), *argv],
-                               None, check=False, record=False, timeout=30 + n / 20)
-    parts = _ANSWER.split(done.stdout)
-    counts: Counter[str] = Counter()
-    for body, code in zip(parts[0::2], parts[1::2], strict=False):
-        status = int(code)
-        counts[who(body) if status == 200 else (str(status) if status else "no answer")] += 1
-    missing = n - sum(counts.values())
-    if missing > 0:
-        counts["no answer"] += missing
+    pod that answered `/hostname`; other answers by their status): `web.tally`, one curl over
+    one kept-alive connection; nginx picks a backend for each request anew."""
+    counts = web.tally(c, url, n, headers)
     error = ""
     if counts.get("no answer"):  # curl's own words, from one more request
-        error = get(c, url, headers).error or "no answer"
+        error = web.get(c, url, headers).error or "no answer"
     return Split(url, n, counts, tuple((headers or {}).items()), error)
 
 
@@ -254,57 +227,28 @@ def routes_table(c: Cluster, hostname: str | None = None) -> Table:
 
 
 def _controller_pod(c: Cluster) -> Any:
-    pods = c.pods(CONTROLLER_NS)
-    return pods[0] if pods else None
-
-
-def _conf_path(c: Cluster) -> Path | None:
-    """The controller pod's nginx.conf, where the controller writes it: its nginx prefix in the
-    state dir, `<state>/nginx-gateway/<namespace>.<pod>/nginx.conf`."""
-    pod = _controller_pod(c)
-    if pod is None:
-        return None
-    path = c.store.dir / "nginx-gateway" / f"{pod.namespace}.{pod.name}" / "nginx.conf"
-    return path if path.is_file() else None
-
-
-def _blocks(lines: list[str], head: str) -> list[list[str]]:
-    """The blocks of the `http` level (4 spaces in) that start with `head`."""
-    out: list[list[str]] = []
-    cur: list[str] | None = None
-    for ln in lines:
-        if cur is None and ln.startswith(f"    {head}"):
-            cur = [ln]
-            if ln.rstrip().endswith("}"):  # a one-line block
-                out.append(cur)
-                cur = None
-        elif cur is not None:
-            cur.append(ln)
-            if ln == "    }":
-                out.append(cur)
-                cur = None
-    return out
+    return web.controller_pod(c, CONTROLLER_NS)
 
 
 def nginx_conf(c: Cluster, hostname: str | None = HOST) -> str:
     """The nginx config the controller rendered from the Gateway and its routes: the `server`
     block of `hostname` with the `split_clients` and `upstream` blocks it uses; `hostname=""`:
     the whole file."""
-    path = _conf_path(c)
+    path = web.nginx_conf_file(c, CONTROLLER_NS)
     if path is None:
         raise LabError(f"the Gateway controller has no nginx.conf yet: {SETUP_HINT}")
     text = path.read_text()
     if not hostname:
         return text
     lines = text.splitlines()
-    servers = [b for b in _blocks(lines, "server {")
+    servers = [b for b in web.conf_blocks(lines, "server {")
                if any(ln.strip() == f"server_name {hostname};" for ln in b)]
     if not servers:
         return f"# {path}: no server block for {hostname} (no attached route names it)"
     words = set(re.findall(r"[$\w.-]+", "\n".join(ln for b in servers for ln in b)))
-    splits = [b for b in _blocks(lines, "split_clients ") if b[0].split()[2] in words]
+    splits = [b for b in web.conf_blocks(lines, "split_clients ") if b[0].split()[2] in words]
     words |= set(re.findall(r"[$\w.-]+", "\n".join(ln for b in splits for ln in b)))
-    ups = [b for b in _blocks(lines, "upstream ") if b[0].split()[1] in words]
+    ups = [b for b in web.conf_blocks(lines, "upstream ") if b[0].split()[1] in words]
     body = [ln[4:] for b in splits + ups + servers for ln in b]
     return f"# {path} (excerpt)\n" + "\n".join(body) + "\n"
 
@@ -557,7 +501,7 @@ def check_gateway(ctx: Context) -> Verdict:
         return failed(f"route {STORE}/{HELLO_ROUTE} does not attach to the Gateway: "
                       f"{_said(hacc)}", hint=_hello_hint(c, hacc), expected="Accepted=True",
                       actual=_said(hacc))
-    a = get(c, f"http://{HELLO_HOST}/hostname")
+    a = web.get(c, f"http://{HELLO_HOST}/hostname")
     if a.status == 0:
         return failed(f"http://{HELLO_HOST}/hostname: no answer ({a.error})",
                       hint=_port_hint(c, g), expected=f"an answer from {V1}", actual=a.error)
@@ -832,7 +776,7 @@ def check_fix_route(ctx: Context) -> Verdict:
                       hint=f"parentRefs: [{{name: {GATEWAY}, namespace: {GATEWAY_NS}}}]",
                       expected=f"parent {GATEWAY_NS}/{GATEWAY}",
                       actual=", ".join(gk for gk, _, _ in parents))
-    answers = [get(c, f"http://{REVIEWS_HOST}/hostname") for _ in range(3)]
+    answers = web.requests(c, [f"http://{REVIEWS_HOST}/hostname"] * 3)
     wrong = [a for a in answers if a.status != 200 or a.who != "reviews"]
     if wrong:
         a = wrong[0]

@@ -34,9 +34,6 @@ controller's rendered config, one host's server block), `nginx_processes` and
 
 from __future__ import annotations
 
-import json
-import subprocess
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -48,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from lab_kit import ingress, kernel, naming
 from lab_kit.checks import Context, Lab, Verdict, failed, passed
 from lab_kit.errors import LabError
-from lab_kit.labs import norm_answer
+from lab_kit.labs import norm_answer, web
 from lab_kit.labs.web import Answer, requests, table
 
 if TYPE_CHECKING:
@@ -84,14 +81,7 @@ ROUTES = (("/hostname", "web"), ("/cart/hostname", "web"), ("/api/hostname", "ap
 
 def lb_ip(c: Cluster) -> str:
     """The controller's load-balancer IP: `status.loadBalancer.ingress[0].ip` of its Service."""
-    try:
-        svc = c.service(CONTROLLER_SVC, CONTROLLER_NS)
-    except LabError:
-        raise LabError(f"no Service {CONTROLLER_NS}/{CONTROLLER_SVC}: {SETUP_HINT}") from None
-    got = (svc.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
-    if not got:
-        raise LabError(f"Service {CONTROLLER_NS}/{CONTROLLER_SVC} has no load-balancer IP")
-    return str(got[0]["ip"])
+    return web.lb_ip(c, CONTROLLER_NS, CONTROLLER_SVC, SETUP_HINT)
 
 
 def _ca_file(c: Cluster) -> Path | None:
@@ -117,40 +107,14 @@ def routing_table(c: Cluster, urls: Iterable[str], host: str | None = None) -> s
 
 
 def _controller_pod(c: Cluster) -> Any:
-    pods = c.pods(CONTROLLER_NS)
-    return pods[0] if pods else None
-
-
-def _conf_path(c: Cluster) -> Path | None:
-    """The controller pod's nginx.conf, where the controller writes it (its nginx prefix in the
-    state dir: `<state>/ingress-nginx/<namespace>.<pod>/nginx.conf`)."""
-    pod = _controller_pod(c)
-    if pod is None:
-        return None
-    path = c.store.dir / "ingress-nginx" / f"{pod.namespace}.{pod.name}" / "nginx.conf"
-    return path if path.is_file() else None
-
-
-def _blocks(lines: list[str], head: str) -> list[list[str]]:
-    """The blocks of the `http` level (4 spaces in) that start with `head`."""
-    out: list[list[str]] = []
-    cur: list[str] | None = None
-    for ln in lines:
-        if cur is None and ln.startswith(f"    {head}"):
-            cur = [ln]
-        elif cur is not None:
-            cur.append(ln)
-            if ln == "    }":
-                out.append(cur)
-                cur = None
-    return out
+    return web.controller_pod(c, CONTROLLER_NS)
 
 
 def nginx_conf(c: Cluster, host: str | None = HOST) -> str:
     """The nginx config the controller rendered and loaded: the `server` block of `host` (None:
     the default server, `server_name _`) and the `upstream` blocks it proxies to; `host=""`:
     the whole file."""
-    path = _conf_path(c)
+    path = web.nginx_conf_file(c, CONTROLLER_NS)
     if path is None:
         raise LabError(f"the ingress controller has no nginx.conf yet: {SETUP_HINT}")
     text = path.read_text()
@@ -158,13 +122,13 @@ def nginx_conf(c: Cluster, host: str | None = HOST) -> str:
         return text
     lines = text.splitlines()
     name = host or "_"
-    servers = [b for b in _blocks(lines, "server {")
+    servers = [b for b in web.conf_blocks(lines, "server {")
                if any(ln.strip() == f"server_name {name};" for ln in b)]
     if not servers:
         return f"# {path}: no server block for {name} (no Ingress of class {CLASS} names it)"
     used = {ln.strip().split("http://", 1)[1].rstrip(";") for b in servers for ln in b
             if "proxy_pass http://" in ln}
-    ups = [b for b in _blocks(lines, "upstream ") if b[0].split()[1] in used]
+    ups = [b for b in web.conf_blocks(lines, "upstream ") if b[0].split()[1] in used]
     body = [ln[4:] for b in ups + servers for ln in b]
     return f"# {path} (excerpt)\n" + "\n".join(body) + "\n"
 
@@ -172,48 +136,7 @@ def nginx_conf(c: Cluster, host: str | None = HOST) -> str:
 def nginx_processes(c: Cluster) -> list[tuple[int, str]]:
     """The nginx processes of the controller pod, read from /proc: (pid, title), the master
     first. A graceful reload keeps the master and replaces the workers."""
-    pod = _controller_pod(c)
-    if pod is None:
-        return []
-    inode = kernel.netns_inode(pod.netns)
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if d.joinpath("ns", "net").stat().st_ino != inode:
-                continue
-            title = d.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if title.startswith("nginx"):
-            out.append((int(d.name), title))
-    return sorted(out, key=lambda p: ("master" not in p[1], p[0]))
-
-
-_LOAD = textwrap.dedent("""
-    import http.client, json, sys, time
-    ip, host, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    ok = failed = 0
-    errors = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            conn = http.client.HTTPConnection(ip, 80, timeout=5)
-            conn.request("GET", "/hostname", headers={"Host": host})
-            r = conn.getresponse()
-            r.read()
-            conn.close()
-            if r.status < 400:
-                ok += 1
-            else:
-                failed += 1
-                errors.append(r.status)
-        except Exception as e:
-            failed += 1
-            errors.append(repr(e))
-    print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:5]}))
-""")
+    return web.nginx_processes(c, CONTROLLER_NS)
 
 
 @dataclass(frozen=True)
@@ -240,18 +163,10 @@ def reload_under_load(c: Cluster, host: str = HOST, seconds: float = 4.0) -> Rel
     """Send requests for `host` from the external host without a pause for `seconds` (a new
     connection each), while an Ingress `reload-demo` is applied and deleted again and again:
     every change renders a new nginx.conf and reloads nginx (SIGHUP to the master)."""
-    ext = naming.external_netns(c.name)
     result: dict[str, Any] = {}
     ip = lb_ip(c)
-
-    def load() -> None:
-        done = subprocess.run(["ip", "netns", "exec", ext, "python3", "-c", _LOAD, ip, host,
-                               str(seconds)], capture_output=True, text=True,
-                              timeout=seconds + 60)
-        result.update(json.loads(done.stdout or "{}"))
-
     before = tuple(nginx_processes(c))
-    t = threading.Thread(target=load)
+    t = threading.Thread(target=lambda: result.update(web.load(c, ip, host, seconds)))
     t.start()
     reloads = 0
     time.sleep(0.3)
@@ -268,8 +183,12 @@ def reload_under_load(c: Cluster, host: str = HOST, seconds: float = 4.0) -> Rel
             time.sleep(0.1)
     finally:
         t.join()
-    return ReloadRun(result.get("ok", 0), result.get("failed", 0),
-                     tuple(str(e) for e in result.get("errors", [])), reloads, before,
+    statuses = result.get("statuses") or {}
+    ok = sum(n for code, n in statuses.items() if code.isdigit() and int(code) < 400)
+    bad = [f"{n} × {code}" for code, n in statuses.items()
+           if code.isdigit() and int(code) >= 400]
+    return ReloadRun(ok, sum(statuses.values()) - ok,
+                     (*bad, *(str(e) for e in result.get("errors", []))), reloads, before,
                      tuple(nginx_processes(c)))
 
 

@@ -1,9 +1,11 @@
 """HTTP backends for the Ingress and Gateway API tests: an agnhost Deployment with its Service,
-and reading which Deployment answered."""
+and reading which Deployment answered (`who`, the labs' own)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from lab_kit.labs.web import who  # noqa: F401  (the tests read answers with it)
 
 AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.45"
 
@@ -21,8 +23,3 @@ def backend(name: str, replicas: int = 1, namespace: str = "default") -> list[di
         {"apiVersion": "v1", "kind": "Service", "metadata": meta,
          "spec": {"selector": labels, "ports": [{"name": "http", "port": 80,
                                                  "targetPort": "http"}]}}]
-
-
-def who(body: str) -> str:
-    """The Deployment a pod name belongs to (`web-5d8f...-x7k2p` -> `web`)."""
-    return body.split("-")[0] if body.count("-") >= 2 else body
