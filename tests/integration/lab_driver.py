@@ -40,6 +40,7 @@ class LabDriver:
     # the lab's checks send pod traffic out of the cluster: a failure after a solution is
     # asked again for a while (see egress_path.py), with the evidence left as a warning
     outside_path: bool = False
+    undo_mistakes: bool = True  # `mistake` deletes what it applied again
 
     def __init__(self) -> None:
         self.lab: Lab = get_lab(self.lab_id)
@@ -62,6 +63,28 @@ class LabDriver:
 
     def one(self, name: str, **answers: Any) -> CheckResult:
         return self.run(name, **answers)[0]
+
+    def mistake(self, check: str, objs: list[dict[str, Any]], words: list[str],
+                hint_words: tuple[str, ...] = (), *, undo: bool | None = None,
+                **answers: Any) -> str:
+        """A learner's plausible mistake: apply `objs` (none: the mistake is already made),
+        expect `check` to fail with each of `words` in its message and of `hint_words` in its
+        hint (never an empty hint); delete `objs` again afterwards when `undo` (default: the
+        driver's `undo_mistakes`). Returns the failure's summary."""
+        if objs:
+            self.c.apply(objs)
+        try:
+            r = self.one(check, **answers)
+            assert not r.passed, (objs, r.summary())
+            for w in words:
+                assert w in r.message, (w, r.summary())
+            for w in hint_words:
+                assert w in r.hint, (w, r.summary())
+            assert r.hint.strip(), r.summary()
+            return r.summary()
+        finally:
+            if objs and (self.undo_mistakes if undo is None else undo):
+                self.c.delete(objs)
 
     def __getattr__(self, name: str) -> Any:
         """The notebook's names as attributes: `lab.VIP` is the notebook's `VIP`."""

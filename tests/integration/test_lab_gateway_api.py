@@ -81,6 +81,7 @@ class Lab13(LabDriver):
 
     lab_id = LAB_ID
     answer_names = ("REASONS",)
+    undo_mistakes = False  # each mistake's objects replace the last one's (the same names)
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,25 +96,6 @@ class Lab13(LabDriver):
         """The notebook's cells between the exercises."""
         if exercise == "fix-route":
             self.c.apply(BROKEN)
-
-    def mistake(self, check: str, objs: list[dict[str, Any]], words: list[str],
-                hint_words: tuple[str, ...] = (), undo: bool = False, **answers: Any) -> str:
-        """Apply `objs`, expect `check` to fail naming `words` (message) and `hint_words`
-        (hint); with `undo`, delete them again. Returns the failure's summary."""
-        if objs:
-            self.c.apply(objs)
-        try:
-            r = self.one(check, **answers)
-            assert not r.passed, (objs, r.summary())
-            for w in words:
-                assert w in r.message, (w, r.summary())
-            for w in hint_words:
-                assert w in r.hint, (w, r.summary())
-            assert r.hint.strip(), r.summary()
-            return r.summary()
-        finally:
-            if undo and objs:
-                self.c.delete(objs)
 
 
 @pytest.fixture

@@ -96,25 +96,6 @@ class Lab12(LabDriver):
         mine["metadata"]["annotations"] = {"owner": "team-a"}
         self.c.apply([mine])
 
-    def mistake(self, check: str, objs: list[dict[str, Any]], words: list[str],
-                hint_words: tuple[str, ...] = (), **answers: Any) -> str:
-        """Apply `objs`, expect `check` to fail naming `words` (message) and `hint_words`
-        (hint), delete them again; returns the failure's summary."""
-        if objs:
-            self.c.apply(objs)
-        try:
-            r = self.one(check, **answers)
-            assert not r.passed, (objs, r.summary())
-            for w in words:
-                assert w in r.message, (w, r.summary())
-            for w in hint_words:
-                assert w in r.hint, (w, r.summary())
-            assert r.hint.strip(), r.summary()
-            return r.summary()
-        finally:
-            if objs:
-                self.c.delete(objs)
-
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab12]:

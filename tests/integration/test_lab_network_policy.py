@@ -71,23 +71,6 @@ class Lab11(LabDriver):
         if exercise == "ipblock-external":
             serve_internet(self.c)
 
-    def mistake(self, check: str, policies: list[dict[str, Any]], words: list[str],
-                hint_words: tuple[str, ...] = ()) -> str:
-        """Apply `policies`, expect `check` to fail naming `words` (message) and `hint_words`
-        (hint), delete them again; returns the failure's summary."""
-        self.c.apply(policies)
-        try:
-            r = self.one(check)
-            assert not r.passed, (policies, r.summary())
-            for w in words:
-                assert w in r.message, (w, r.summary())
-            for w in hint_words:
-                assert w in r.hint, (w, r.summary())
-            assert r.hint.strip(), r.summary()
-            return r.summary()
-        finally:
-            self.c.delete(policies)
-
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab11]:
