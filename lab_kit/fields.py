@@ -4,9 +4,30 @@ naming the file, the object and the field path, e.g. `spec.rules[0].http.paths[1
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lab_kit.errors import ConfigError
+
+_CONFIG_KEY_RE = re.compile(r"[-._a-zA-Z0-9]+")
+_CONFIG_KEY_MSG = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+                   "(e.g. 'key.name' or 'KEY_NAME' or 'key-name')")
+
+
+def config_key_problem(s: str) -> str | None:
+    """IsConfigMapKey's first complaint about `s` (a Secret's or ConfigMap's data key), or
+    None."""
+    if len(s) > 253:
+        return "must be no more than 253 characters"
+    if not _CONFIG_KEY_RE.fullmatch(s):
+        return _CONFIG_KEY_MSG
+    if s == ".":
+        return "must not be '.'"
+    if s == "..":
+        return "must not be '..'"
+    if s.startswith(".."):
+        return "must not start with '..'"
+    return None
 
 
 class FieldParser:

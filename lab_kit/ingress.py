@@ -39,7 +39,7 @@ from typing import Any
 
 from lab_kit import naming
 from lab_kit.errors import ConfigError
-from lab_kit.fields import FieldParser
+from lab_kit.fields import FieldParser, config_key_problem
 
 PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
 INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
@@ -50,7 +50,6 @@ _INVALID_PATH_SEQUENCES = ("//", "/./", "/../", "%2f", "%2F")
 _INVALID_PATH_SUFFIXES = ("/..", "/.")
 _DNS1035_LABEL_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _WILDCARD_SUBDOMAIN_RE = re.compile(r"\*\." + naming.DNS_SUBDOMAIN_RE.pattern.strip("^$"))
-_CONFIG_KEY_RE = re.compile(r"[-._a-zA-Z0-9]+")
 _IPV4_SLOPPY_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")  # ParseIPSloppy takes leading zeros
 
 # upstream's messages (k8s.io/apimachinery/pkg/util/validation)
@@ -63,8 +62,6 @@ _WILDCARD_MSG = ("a wildcard DNS-1123 subdomain must start with '*.', followed b
 _DNS1035_MSG = ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
                 "start with an alphabetic character, and end with an alphanumeric character "
                 "(e.g. 'my-name' or 'abc-123')")
-_CONFIG_KEY_MSG = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
-                   "(e.g. 'key.name' or 'KEY_NAME' or 'key-name')")
 _PORT_RANGE_MSG = "must be between 1 and 65535, inclusive"
 
 
@@ -187,21 +184,6 @@ def _port_name_problem(s: str) -> str | None:
         return "must not contain consecutive hyphens"
     if s.startswith("-") or s.endswith("-"):
         return "must not begin or end with a hyphen"
-    return None
-
-
-def _config_key_problem(s: str) -> str | None:
-    """IsConfigMapKey's first complaint about `s`, or None."""
-    if len(s) > 253:
-        return "must be no more than 253 characters"
-    if not _CONFIG_KEY_RE.fullmatch(s):
-        return _CONFIG_KEY_MSG
-    if s == ".":
-        return "must not be '.'"
-    if s == "..":
-        return "must not be '..'"
-    if s.startswith(".."):
-        return "must not start with '..'"
     return None
 
 
@@ -500,7 +482,7 @@ def parse_secret(namespace: str, name: str, labels: Mapping[str, str], doc: Mapp
         where[k] = f"stringData[{k}]"
     total = 0
     for k, v in data.items():
-        problem = _config_key_problem(k)
+        problem = config_key_problem(k)
         if problem:
             raise p.fail(f"Invalid value: {k!r}: {problem}", where[k],
                          "a key is a file name when the Secret is mounted: letters, digits, "

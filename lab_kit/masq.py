@@ -31,8 +31,7 @@ from typing import Any
 
 import yaml
 
-from lab_kit.fields import FieldParser
-from lab_kit.ingress import _config_key_problem
+from lab_kit.fields import FieldParser, config_key_problem
 
 NAMESPACE = "kube-system"
 NAME = "ip-masq-agent"
@@ -87,7 +86,7 @@ def parse_configmap(namespace: str, name: str, labels: Mapping[str, str],
     total = 0
     for k, v in p.mapping(doc.get("data"), "data").items():
         k = str(k)
-        problem = _config_key_problem(k)
+        problem = config_key_problem(k)
         if problem:
             raise p.fail(f"Invalid value: {k!r}: {problem}", f"data[{k}]",
                          "a key is a file name when the ConfigMap is mounted: letters, digits, "
