@@ -158,8 +158,8 @@ def test_weighted_canary_90_10_over_600_requests(cluster: Cluster) -> None:
     counts = Counter(who(line.strip()) for line in cluster.external.sh(script).splitlines()
                      if line.strip())
     assert sum(counts.values()) == n and set(counts) == {"web", "canary"}, counts
-    # binomial(600, 0.1): mean 60, sd 7.3; 4.5 sd either side fails a 50/50 or 100/0 split
-    # and passes a fair 90/10 but for one run in ~150,000
+    # binomial(600, 0.1): mean 60, sd 7.3; 4.5 sd either side (27..93) fails a 50/50 or
+    # 100/0 split and fails a fair 90/10 once in ~99,000 runs (exact binomial tails, 1.0e-5)
     sd = math.sqrt(n * 0.1 * 0.9)
     assert abs(counts["canary"] - n * 0.1) <= 4.5 * sd, counts
     table = [r for r in cluster.gateway_routes() if r["route"] == "default/canary-split"]
